@@ -1,0 +1,49 @@
+//! `hlbridge`: the command-line entry point. Each subcommand lives in its own module; this
+//! file only parses arguments and dispatches.
+
+mod call;
+mod catalog;
+
+use clap::{Parser, Subcommand};
+
+/// Keep your apps and HighLevel in sync, self-hosted.
+#[derive(Parser, Debug)]
+#[command(name = "hlbridge", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// List the HighLevel operations hlbridge can call (actions and polling triggers).
+    Catalog(catalog::CatalogArgs),
+    /// Call one HighLevel operation by id and print the JSON response.
+    Call(call::CallArgs),
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("HLBRIDGE_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    init_tracing();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Catalog(args) => catalog::run(args),
+        Command::Call(args) => call::run(args).await,
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

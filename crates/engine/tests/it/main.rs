@@ -1,0 +1,1 @@
+//! Integration tests of the engine: store and runner end to end.

@@ -1,0 +1,260 @@
+//! The sandbox's state: every HighLevel object as a JSON document, kept in memory for fast
+//! reads and written through to SQLite so a sandbox started with `--data FILE` survives restarts.
+//!
+//! Writes are queued to one writer task that commits them in batches (group commit): a request
+//! that changed something is answered only after its batch is durable.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use indexmap::IndexMap;
+use serde_json::Value;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqliteSynchronous};
+use sqlx::{ConnectOptions, Row};
+use tokio::sync::{mpsc, oneshot};
+
+/// A failure of the sandbox's own storage.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite said no.
+    #[error("sandbox database: {0}")]
+    Db(#[from] sqlx::Error),
+    /// A stored document was not valid JSON.
+    #[error("sandbox database holds a broken document {kind}/{id}: {message}")]
+    Corrupt {
+        /// Document kind.
+        kind: String,
+        /// Document id.
+        id: String,
+        /// Parser message.
+        message: String,
+    },
+    /// The writer task has stopped.
+    #[error("sandbox writer has stopped")]
+    WriterGone,
+}
+
+/// One stored object.
+#[derive(Debug, Clone)]
+pub struct Doc {
+    /// Location the object belongs to (`None` for agency-level objects).
+    pub location_id: Option<String>,
+    /// Owning object (the contact of a task, the calendar of a notification, …).
+    pub parent_id: Option<String>,
+    /// The object as the API returns it.
+    pub body: Arc<Value>,
+    /// Creation time, epoch milliseconds (also the default sort order).
+    pub created_ms: i64,
+}
+
+/// A change to persist.
+#[derive(Debug, Clone)]
+pub enum Write {
+    /// Insert or replace a document.
+    Put {
+        /// Kind.
+        kind: &'static str,
+        /// Id.
+        id: String,
+        /// The document.
+        doc: Doc,
+    },
+    /// Remove a document.
+    Delete {
+        /// Kind.
+        kind: &'static str,
+        /// Id.
+        id: String,
+    },
+}
+
+/// All documents, by kind then id, in insertion order.
+#[derive(Debug, Default)]
+pub struct Docs {
+    kinds: HashMap<String, IndexMap<String, Doc>>,
+}
+
+impl Docs {
+    /// A document by kind and id.
+    pub fn get(&self, kind: &str, id: &str) -> Option<&Doc> {
+        self.kinds.get(kind).and_then(|m| m.get(id))
+    }
+
+    /// Every document of a kind, oldest first.
+    pub fn iter(&self, kind: &str) -> impl Iterator<Item = (&String, &Doc)> {
+        self.kinds.get(kind).into_iter().flat_map(|m| m.iter())
+    }
+
+    /// Number of documents of a kind.
+    pub fn count(&self, kind: &str) -> usize {
+        self.kinds.get(kind).map_or(0, |m| m.len())
+    }
+
+    /// Applies a change in memory.
+    pub fn apply(&mut self, write: &Write) {
+        match write {
+            Write::Put { kind, id, doc } => {
+                self.kinds
+                    .entry((*kind).to_string())
+                    .or_default()
+                    .insert(id.clone(), doc.clone());
+            }
+            Write::Delete { kind, id } => {
+                if let Some(m) = self.kinds.get_mut(*kind) {
+                    m.shift_remove(id);
+                }
+            }
+        }
+    }
+
+    fn insert_loaded(&mut self, kind: String, id: String, doc: Doc) {
+        self.kinds.entry(kind).or_default().insert(id, doc);
+    }
+}
+
+struct Batch {
+    writes: Vec<Write>,
+    done: oneshot::Sender<Result<(), String>>,
+}
+
+/// Persists writes to SQLite in batches.
+#[derive(Clone)]
+pub struct Persister {
+    tx: Option<mpsc::UnboundedSender<Batch>>,
+}
+
+impl Persister {
+    /// A persister that keeps nothing (for `:memory:`).
+    pub fn none() -> Self {
+        Self { tx: None }
+    }
+
+    /// Queues `writes` and waits until they are committed.
+    pub async fn persist(&self, writes: Vec<Write>) -> Result<(), StoreError> {
+        let Some(tx) = &self.tx else { return Ok(()) };
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let (done, wait) = oneshot::channel();
+        tx.send(Batch { writes, done })
+            .map_err(|_| StoreError::WriterGone)?;
+        match wait.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(message)) => Err(StoreError::Db(sqlx::Error::Protocol(message))),
+            Err(_) => Err(StoreError::WriterGone),
+        }
+    }
+}
+
+/// Opens (or creates) the database file, loads every document and starts the writer.
+pub async fn open(path: &Path) -> Result<(Docs, Persister), StoreError> {
+    let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(std::time::Duration::from_secs(5))
+        .disable_statement_logging();
+    let pool = sqlx::pool::PoolOptions::<sqlx::Sqlite>::new()
+        .max_connections(1)
+        .connect_with(opts)
+        .await?;
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS docs (
+            kind TEXT NOT NULL,
+            id TEXT NOT NULL,
+            location_id TEXT,
+            parent_id TEXT,
+            body TEXT NOT NULL,
+            created_ms INTEGER NOT NULL,
+            PRIMARY KEY (kind, id)
+        )",
+    )
+    .execute(&pool)
+    .await?;
+    let mut docs = Docs::default();
+    let rows = sqlx::query(
+        "SELECT kind, id, location_id, parent_id, body, created_ms FROM docs ORDER BY created_ms, rowid",
+    )
+    .fetch_all(&pool)
+    .await?;
+    for row in rows {
+        let kind: String = row.try_get(0)?;
+        let id: String = row.try_get(1)?;
+        let text: String = row.try_get(4)?;
+        let body: Value = serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
+            kind: kind.clone(),
+            id: id.clone(),
+            message: e.to_string(),
+        })?;
+        docs.insert_loaded(
+            kind,
+            id,
+            Doc {
+                location_id: row.try_get(2)?,
+                parent_id: row.try_get(3)?,
+                body: Arc::new(body),
+                created_ms: row.try_get(5)?,
+            },
+        );
+    }
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(writer(pool, rx));
+    Ok((docs, Persister { tx: Some(tx) }))
+}
+
+async fn writer(pool: SqlitePool, mut rx: mpsc::UnboundedReceiver<Batch>) {
+    let mut pending = Vec::new();
+    while let Some(first) = rx.recv().await {
+        pending.push(first);
+        // Group commit: take whatever else is already waiting, up to a bound.
+        while pending.len() < 512 {
+            match rx.try_recv() {
+                Ok(b) => pending.push(b),
+                Err(_) => break,
+            }
+        }
+        let result = commit(&pool, &pending).await.map_err(|e| e.to_string());
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "sandbox could not persist a batch");
+        }
+        for batch in pending.drain(..) {
+            let _ = batch.done.send(result.clone());
+        }
+    }
+}
+
+async fn commit(pool: &SqlitePool, batches: &[Batch]) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    for batch in batches {
+        for w in &batch.writes {
+            match w {
+                Write::Put { kind, id, doc } => {
+                    sqlx::query(
+                        "INSERT INTO docs (kind, id, location_id, parent_id, body, created_ms)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                         ON CONFLICT (kind, id) DO UPDATE SET location_id = excluded.location_id,
+                           parent_id = excluded.parent_id, body = excluded.body",
+                    )
+                    .bind(*kind)
+                    .bind(id)
+                    .bind(&doc.location_id)
+                    .bind(&doc.parent_id)
+                    .bind(doc.body.to_string())
+                    .bind(doc.created_ms)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                Write::Delete { kind, id } => {
+                    sqlx::query("DELETE FROM docs WHERE kind = ?1 AND id = ?2")
+                        .bind(*kind)
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+        }
+    }
+    tx.commit().await
+}
