@@ -3,6 +3,7 @@
 
 mod call;
 mod catalog;
+mod sandbox;
 
 use clap::{Parser, Subcommand};
 
@@ -20,6 +21,8 @@ enum Command {
     Catalog(catalog::CatalogArgs),
     /// Call one HighLevel operation by id and print the JSON response.
     Call(call::CallArgs),
+    /// Run a local HighLevel API v2 emulator (state, auth, rate limits, webhooks, faults).
+    Sandbox(sandbox::SandboxArgs),
 }
 
 fn init_tracing() {
@@ -38,6 +41,7 @@ async fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Catalog(args) => catalog::run(args),
         Command::Call(args) => call::run(args).await,
+        Command::Sandbox(args) => sandbox::run(args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

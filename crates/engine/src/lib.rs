@@ -10,3 +10,5 @@
 pub mod flow;
 pub mod api;
 pub mod template;
+pub mod validate;
+pub mod store;

@@ -323,7 +323,7 @@ impl Compiler {
             Value::Object(fields) => Mapping::Object(
                 fields
                     .iter()
-                    .map(|(k, v)| (k.clone(), self.compile_value(&format!("{path}.{k}"), v, scope)))
+                    .map(|(k, v)| (k.clone(), self.compile_value(&crate::validate::push_key(path, k), v, scope)))
                     .collect(),
             ),
             other => Mapping::Literal(other.clone()),

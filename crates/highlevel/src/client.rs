@@ -279,7 +279,7 @@ impl Client {
                         .max()
                         .unwrap_or_default();
                     if attempt >= max_attempts || min_wait > retry.max_delay {
-                        return Err(Error::Api(err));
+                        return Err(Error::from(err));
                     }
                     let wait = retry.backoff(attempt - 1).max(min_wait);
                     tracing::warn!(attempt, wait_ms = wait.as_millis() as u64, "429; retrying");
@@ -288,7 +288,7 @@ impl Client {
                 s if is_retryable_status(s) && idempotent && attempt < max_attempts => {
                     let min_wait = server_wait.unwrap_or_default();
                     if min_wait > retry.max_delay {
-                        return Err(Error::Api(err));
+                        return Err(Error::from(err));
                     }
                     let wait = retry.backoff(attempt - 1).max(min_wait);
                     tracing::warn!(
@@ -299,7 +299,7 @@ impl Client {
                     );
                     tokio::time::sleep(wait).await;
                 }
-                _ => return Err(Error::Api(err)),
+                _ => return Err(Error::from(err)),
             }
         }
     }

@@ -41,9 +41,9 @@ pub enum Error {
         message: String,
     },
 
-    /// HighLevel answered with an error status.
+    /// HighLevel answered with an error status (boxed to keep `Result<_, Error>` small).
     #[error("{0}")]
-    Api(ApiError),
+    Api(Box<ApiError>),
 
     /// The day's request budget for this location or company is used up; nothing was sent.
     #[error(
@@ -187,7 +187,7 @@ impl std::error::Error for ApiError {}
 
 impl From<ApiError> for Error {
     fn from(e: ApiError) -> Self {
-        Error::Api(e)
+        Error::Api(Box::new(e))
     }
 }
 
@@ -317,7 +317,7 @@ mod tests {
     fn string_message_and_trace_id() {
         let e = api(404, json!({"statusCode": 404, "message": "Contact not found", "traceId": "abc"}));
         assert_eq!(
-            Error::Api(e).to_string(),
+            Error::from(e).to_string(),
             "contacts.get: HighLevel answered 404 Not Found: Contact not found (traceId abc)"
         );
     }
@@ -330,7 +330,7 @@ mod tests {
         );
         assert_eq!(e.messages, vec!["email must be an email", "phone is bad"]);
         assert_eq!(e.message, "email must be an email; phone is bad");
-        assert!(!Error::Api(e).is_retryable());
+        assert!(!Error::from(e).is_retryable());
     }
 
     #[test]
@@ -346,7 +346,7 @@ mod tests {
     fn empty_body_uses_reason() {
         let e = api(503, Value::Null);
         assert_eq!(e.message, "Service Unavailable");
-        assert!(Error::Api(e).is_retryable());
+        assert!(Error::from(e).is_retryable());
     }
 
     #[test]

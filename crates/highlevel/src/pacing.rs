@@ -3,28 +3,29 @@
 //!
 //! HighLevel allows, per app and per location or company, `burst` requests per `interval`
 //! (100 per 10 s) and `daily` requests per day (200,000). Each pacing key gets its own
-//! [`PacingConfig`]-shaped budget; callers `await` their slot.
+//! budget shaped by [`PacingConfig`]; callers `await` their turn.
 //!
 //! # The limiter
 //!
-//! The burst limit is enforced as *at most `burst` requests in any window of `interval`*: a
-//! log of send times (reserved slots, possibly in the future) per key, where request `n` may
-//! go at `max(now, t[n - burst] + interval + margin)`. This is the virtual-scheduling (GCRA)
-//! idea with one theoretical arrival time per slot of the burst rather than one for the
-//! whole bucket, and it was chosen over a single-TAT GCRA (emission `interval/burst`,
-//! tolerance `interval - emission`) on purpose: that GCRA admits a full burst *and then* one
-//! request every emission interval, i.e. up to `2 * burst - 1` requests within one interval,
-//! which a server counting requests per window (fixed or sliding, as HighLevel's
-//! `X-RateLimit-Remaining` / `X-RateLimit-Interval-Milliseconds` suggest) answers with 429s.
-//! Any sequence the log admits also conforms to that GCRA (for `i < j`,
-//! `t_j - t_i >= floor((j-i)/burst) * interval >= (j-i) * emission - tolerance`), so the log is
-//! never looser than the GCRA and has the same long-run rate and the same floor (`N` calls
-//! take `ceil(N/burst - 1)` intervals).
+//! The burst limit is enforced as *at most `burst` requests in any window of `interval`*,
+//! measured conservatively: a request occupies the window from the moment it is sent until
+//! `interval` after **its answer arrived** (the server counted it at some instant between the
+//! two, so the answer time is a safe upper bound of the server's clock). A request may go
+//! when fewer than `burst` requests ahead of it (sent and not yet expired, or queued before
+//! it) occupy the window. Tickets are handed out first come, first served; each waiter first
+//! sleeps until a precomputed estimate of its turn and then checks the exact condition, so
+//! 1,000 concurrent callers line up in order without a thundering herd.
 //!
-//! Slots are handed out first come, first served at reservation time, so 1,000 concurrent
-//! callers line up in order without a thundering herd. `margin` (1 % of the interval,
-//! between 2 ms and 250 ms) absorbs the jitter between our send time and the server's
-//! arrival time.
+//! This is the virtual-scheduling (GCRA) idea with one theoretical arrival time per slot of
+//! the burst rather than one for the whole bucket. A single-TAT GCRA (emission
+//! `interval/burst`, tolerance `interval - emission`) was rejected on purpose: it admits a
+//! full burst *and then* one request every emission interval, i.e. up to `2 * burst - 1`
+//! requests within one interval, which a server counting requests per window (fixed or
+//! sliding, as HighLevel's `X-RateLimit-Remaining` and `X-RateLimit-Interval-Milliseconds`
+//! describe) answers with 429s. Any sequence this limiter admits also conforms to that GCRA,
+//! so it is never looser, has the same long-run rate and the same floor: `N` calls take
+//! `ceil(N/burst - 1)` intervals (plus one answer latency per interval). A `margin` (0.1 %
+//! of the interval, 1 ms to 10 ms) absorbs clock granularity.
 //!
 //! # Corrections from the server
 //!
@@ -33,31 +34,32 @@
 //! - `X-RateLimit-Max` lower than the configured burst, or `X-RateLimit-Interval-Milliseconds`
 //!   longer than the configured interval, are adopted for that key.
 //! - `X-RateLimit-Remaining` lower than we expect (other apps' or processes' traffic on the
-//!   same budget) adds the difference as phantom sends at the time the request was sent.
-//!   Answers older than one interval are ignored as stale.
-//! - A 429 marks the window of that request as full.
+//!   same budget) adds the difference as phantom requests answered now, ahead of every
+//!   waiting caller.
+//! - A 429 fills the window: `burst` phantom requests answered now.
 //! - `X-RateLimit-Limit-Daily` lower than configured is adopted; `X-RateLimit-Daily-Remaining`
 //!   lower than expected raises the day's count (0 means exhausted).
 //!
 //! # The daily budget
 //!
 //! Counted per **calendar day in UTC** (HighLevel does not document when its daily counter
-//! resets; the headers correct us if it is another boundary). When it is used up a call
-//! fails at once with [`Error::DailyBudgetExhausted`](crate::Error::DailyBudgetExhausted),
-//! which is not retried.
+//! resets; its headers correct us if it is another boundary). When it is used up a call fails
+//! at once with [`Error::DailyBudgetExhausted`](crate::Error::DailyBudgetExhausted), which is
+//! not retried.
 //!
 //! # Testing without sleeping
 //!
 //! The limiter state ([`KeyLimiter`]) is plain data whose methods take `now` (a
-//! [`tokio::time::Instant`]) and the UTC day number explicitly; the async [`Pacer`] only
-//! reads the clock and sleeps with tokio, so tests can also pause tokio's clock.
+//! [`tokio::time::Instant`]) and the UTC day number explicitly; the async [`Pacer`] only reads
+//! the clock, sleeps and wakes waiters with tokio.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use reqwest::header::HeaderMap;
 use time::OffsetDateTime;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::error::Error;
@@ -90,9 +92,9 @@ impl Default for PacingConfig {
 }
 
 impl PacingConfig {
-    /// The safety gap added to each window (1 % of the interval, 2 ms to 250 ms).
+    /// The safety gap added to each window (0.1 % of the interval, 1 ms to 10 ms).
     pub fn margin(&self) -> Duration {
-        (self.interval / 100).clamp(Duration::from_millis(2), Duration::from_millis(250))
+        (self.interval / 1000).clamp(Duration::from_millis(1), Duration::from_millis(10))
     }
 }
 
@@ -146,8 +148,8 @@ pub struct BudgetSnapshot {
     pub interval: Duration,
     /// Requests that could be sent right now without waiting.
     pub burst_remaining: u32,
-    /// How long the next request would wait.
-    pub next_slot_in: Duration,
+    /// Callers waiting for their turn.
+    pub waiting: u32,
     /// Daily budget in force.
     pub daily_limit: u32,
     /// Requests left today.
@@ -156,20 +158,44 @@ pub struct BudgetSnapshot {
     pub last_headers: Option<RateLimitHeaders>,
 }
 
-/// A reserved send slot.
+/// A caller's place in a key's queue.
 #[derive(Debug, Clone)]
-pub struct Slot {
-    /// When the request may be sent.
-    pub at: Instant,
-    /// UTC day number the slot was counted in.
+pub struct Ticket {
+    id: u64,
+    /// Estimated time of the caller's turn (the exact check happens at [`KeyLimiter::poll`]).
+    pub estimate: Instant,
     day: i64,
-    /// Our own reservations today up to and including this one.
     reserved_seq: u64,
 }
 
 /// The day's budget is used up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DailyExhausted;
+
+/// The answer of [`KeyLimiter::poll`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Turn {
+    /// Send now (the ticket is now in flight).
+    Go,
+    /// Not before this time.
+    WaitUntil(Instant),
+    /// Not before some request ahead is answered.
+    WaitForAnswer,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Waiting,
+    InFlight(Instant),
+    Answered(Instant),
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    id: u64,
+    estimate: Instant,
+    state: State,
+}
 
 /// Pacing state of one key; pure data, every method takes the time explicitly.
 #[derive(Debug, Clone)]
@@ -180,8 +206,9 @@ pub struct KeyLimiter {
     burst: u32,
     interval: Duration,
     margin: Duration,
-    /// Send times (past and reserved), sorted; entries older than two intervals are pruned.
-    log: VecDeque<Instant>,
+    /// Requests in queue order: waiting, in flight, or answered within the last interval.
+    entries: VecDeque<Entry>,
+    next_id: u64,
     day: i64,
     daily_limit: u32,
     /// Requests counted today (ours, plus what the server says others used).
@@ -202,7 +229,8 @@ impl KeyLimiter {
             burst,
             interval: config.interval,
             margin: config.margin(),
-            log: VecDeque::new(),
+            entries: VecDeque::new(),
+            next_id: 0,
             day,
             daily_limit: config.daily,
             daily_used: 0,
@@ -220,65 +248,138 @@ impl KeyLimiter {
         }
     }
 
+    /// When an entry stops occupying the window (for waiting and in-flight ones: at the
+    /// earliest, if answered at once).
+    fn expiry(&self, e: &Entry) -> Instant {
+        let base = match e.state {
+            State::Waiting => e.estimate,
+            State::InFlight(sent) => sent,
+            State::Answered(at) => at,
+        };
+        base + self.interval + self.margin
+    }
+
     fn prune(&mut self, now: Instant) {
-        let keep = self.interval * 2 + self.margin;
-        while let Some(front) = self.log.front() {
-            if *front + keep <= now {
-                self.log.pop_front();
-            } else {
-                break;
-            }
-        }
+        let (interval, margin) = (self.interval, self.margin);
+        self.entries.retain(|e| match e.state {
+            State::Answered(at) => at + interval + margin > now,
+            _ => true,
+        });
     }
 
-    /// When the next request could be sent.
-    pub fn next_free(&self, now: Instant) -> Instant {
-        let b = self.burst as usize;
-        if self.log.len() < b {
-            return now;
-        }
-        let anchor = self.log[self.log.len() - b] + self.interval + self.margin;
-        anchor.max(now)
-    }
-
-    fn insert(&mut self, t: Instant) {
-        let i = self.log.partition_point(|x| *x <= t);
-        self.log.insert(i, t);
-    }
-
-    /// Sends counted in the window ending at `at`: `(at - interval, at]`.
-    pub fn count_in_window(&self, at: Instant) -> u32 {
-        let n = self
-            .log
-            .iter()
-            .filter(|e| **e <= at && **e + self.interval > at)
-            .count();
-        u32::try_from(n).unwrap_or(u32::MAX)
-    }
-
-    /// Reserves the next slot (FIFO), counting it against the day.
-    pub fn reserve(&mut self, now: Instant, day: i64) -> Result<Slot, DailyExhausted> {
+    /// Takes a place in the queue, counting it against the day.
+    pub fn reserve(&mut self, now: Instant, day: i64) -> Result<Ticket, DailyExhausted> {
         self.roll(day);
         self.prune(now);
         if self.daily_used >= u64::from(self.daily_limit) {
             return Err(DailyExhausted);
         }
-        let at = self.next_free(now);
-        self.insert(at);
+        let b = self.burst as usize;
+        let estimate = if self.entries.len() < b {
+            now
+        } else {
+            self.expiry(&self.entries[self.entries.len() - b]).max(now)
+        };
+        let id = self.next_id;
+        self.next_id += 1;
+        self.entries.push_back(Entry {
+            id,
+            estimate,
+            state: State::Waiting,
+        });
         self.daily_used += 1;
         self.reserved += 1;
-        Ok(Slot {
-            at,
+        Ok(Ticket {
+            id,
+            estimate,
             day,
             reserved_seq: self.reserved,
         })
     }
 
-    /// Corrects the estimate from a response to the request sent in `slot`.
-    /// `limited` is true for a 429.
+    /// Whether the ticket may be sent at `now`; on [`Turn::Go`] it is marked in flight.
+    ///
+    /// It may go when fewer than `burst` entries ahead of it still occupy the window.
+    pub fn poll(&mut self, ticket: &Ticket, now: Instant) -> Turn {
+        self.prune(now);
+        let Some(pos) = self.entries.iter().position(|e| e.id == ticket.id) else {
+            // Cancelled or unknown: nothing holds it back.
+            return Turn::Go;
+        };
+        let b = self.burst as usize;
+        if pos < b {
+            self.entries[pos].state = State::InFlight(now);
+            return Turn::Go;
+        }
+        // `pos - b + 1` of the entries ahead must expire first.
+        let need = pos - b + 1;
+        let mut answered: Vec<Instant> = self
+            .entries
+            .iter()
+            .take(pos)
+            .filter(|e| matches!(e.state, State::Answered(_)))
+            .map(|e| self.expiry(e))
+            .collect();
+        if answered.len() < need {
+            return Turn::WaitForAnswer;
+        }
+        answered.sort_unstable();
+        Turn::WaitUntil(answered[need - 1].max(now))
+    }
+
+    /// The ticket's request was answered (or failed, or was abandoned) at `now`.
+    pub fn release(&mut self, ticket: &Ticket, now: Instant) {
+        if let Some(e) = self.entries.iter_mut().find(|e| e.id == ticket.id) {
+            match e.state {
+                State::Waiting => {
+                    // Never sent: give the place up.
+                    self.entries.retain(|e| e.id != ticket.id);
+                }
+                State::InFlight(_) => e.state = State::Answered(now),
+                State::Answered(_) => {}
+            }
+        }
+    }
+
+    /// Adds `n` requests answered at `now` ahead of every waiting caller.
+    fn add_phantoms(&mut self, n: u32, now: Instant) {
+        let at = self
+            .entries
+            .iter()
+            .position(|e| e.state == State::Waiting)
+            .unwrap_or(self.entries.len());
+        for _ in 0..n {
+            let id = self.next_id;
+            self.next_id += 1;
+            self.entries.insert(
+                at,
+                Entry {
+                    id,
+                    estimate: now,
+                    state: State::Answered(now),
+                },
+            );
+        }
+    }
+
+    /// Requests occupying the window now (sent or answered within the interval).
+    pub fn occupied(&self, now: Instant) -> u32 {
+        let n = self
+            .entries
+            .iter()
+            .filter(|e| match e.state {
+                State::Waiting => false,
+                State::InFlight(_) => true,
+                State::Answered(at) => at + self.interval + self.margin > now,
+            })
+            .count();
+        u32::try_from(n).unwrap_or(u32::MAX)
+    }
+
+    /// Corrects the estimate from the answer to `ticket` (`limited`: it was a 429).
     pub fn observe(
         &mut self,
-        slot: &Slot,
+        ticket: &Ticket,
         headers: Option<&RateLimitHeaders>,
         limited: bool,
         now: Instant,
@@ -292,26 +393,19 @@ impl KeyLimiter {
             }
             self.last_headers = Some(h.clone());
         }
-        // Burst window: only answers to requests sent within the last interval are current.
-        if slot.at + self.interval > now {
-            let server_used = if limited {
-                Some(self.burst)
-            } else {
-                headers.and_then(|h| {
-                    let max = h.max.filter(|m| *m > 0).unwrap_or(self.burst);
-                    h.remaining.map(|r| max.saturating_sub(r).min(self.burst))
-                })
-            };
-            if let Some(server_used) = server_used {
-                let ours = self.count_in_window(slot.at);
-                for _ in 0..server_used.saturating_sub(ours) {
-                    self.insert(slot.at);
-                }
-            }
+        self.prune(now);
+        if limited {
+            self.add_phantoms(self.burst, now);
+        } else if let Some(h) = headers
+            && let Some(r) = h.remaining
+        {
+            let max = h.max.filter(|m| *m > 0).unwrap_or(self.burst);
+            let server_used = max.saturating_sub(r).min(self.burst);
+            let ours = self.occupied(now);
+            self.add_phantoms(server_used.saturating_sub(ours), now);
         }
-        // Daily budget.
         if let Some(h) = headers
-            && slot.day == self.day
+            && ticket.day == self.day
         {
             if let Some(l) = h.daily_limit.filter(|l| *l > 0) {
                 self.daily_limit = self.cfg_daily.min(l);
@@ -320,7 +414,7 @@ impl KeyLimiter {
                 let server_limit = h.daily_limit.filter(|l| *l > 0).unwrap_or(self.daily_limit);
                 let server_used = u64::from(server_limit.saturating_sub(r));
                 // Our requests reserved after this one are not in the server's count yet.
-                let later = self.reserved.saturating_sub(slot.reserved_seq);
+                let later = self.reserved.saturating_sub(ticket.reserved_seq);
                 self.daily_used = self.daily_used.max(server_used + later);
                 if r == 0 {
                     self.daily_used = self.daily_used.max(u64::from(self.daily_limit));
@@ -331,18 +425,20 @@ impl KeyLimiter {
 
     /// What is left, at `now`.
     pub fn snapshot(&self, key: &str, now: Instant) -> BudgetSnapshot {
-        let pending = self
-            .log
+        let waiting = self
+            .entries
             .iter()
-            .filter(|e| **e + self.interval + self.margin > now)
+            .filter(|e| e.state == State::Waiting)
             .count();
-        let pending = u32::try_from(pending).unwrap_or(u32::MAX);
+        let waiting = u32::try_from(waiting).unwrap_or(u32::MAX);
         BudgetSnapshot {
             key: key.to_string(),
             burst: self.burst,
             interval: self.interval,
-            burst_remaining: self.burst.saturating_sub(pending),
-            next_slot_in: self.next_free(now).saturating_duration_since(now),
+            burst_remaining: self
+                .burst
+                .saturating_sub(self.occupied(now).saturating_add(waiting)),
+            waiting,
             daily_limit: self.daily_limit,
             daily_remaining: u32::try_from(
                 u64::from(self.daily_limit).saturating_sub(self.daily_used),
@@ -364,11 +460,52 @@ fn until_utc_midnight(t: OffsetDateTime) -> Duration {
     Duration::from_secs(u64::try_from(secs).unwrap_or(86_400))
 }
 
-/// A permission to send one request, from [`Pacer::acquire`].
-#[derive(Debug, Clone)]
+struct KeyState {
+    limiter: KeyLimiter,
+    /// Wakes callers waiting for an answer.
+    answered: Arc<Notify>,
+}
+
+struct Shared {
+    config: PacingConfig,
+    keys: Mutex<HashMap<String, KeyState>>,
+}
+
+impl Shared {
+    fn with_key<R>(&self, key: &str, f: impl FnOnce(&mut KeyState) -> R) -> R {
+        let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(k) = keys.get_mut(key) {
+            return f(k);
+        }
+        let day = utc_day(OffsetDateTime::now_utc());
+        let k = keys.entry(key.to_string()).or_insert_with(|| KeyState {
+            limiter: KeyLimiter::new(&self.config, day),
+            answered: Arc::new(Notify::new()),
+        });
+        f(k)
+    }
+
+    fn release(&self, key: &str, ticket: &Ticket) {
+        let now = Instant::now();
+        let notify = self.with_key(key, |k| {
+            k.limiter.release(ticket, now);
+            k.answered.clone()
+        });
+        notify.notify_waiters();
+    }
+}
+
+/// A permission to send one request, from [`Pacer::acquire`]. The request's slot is released
+/// when the answer is observed or the permit is dropped.
 pub struct Permit {
     key: String,
-    slot: Option<Slot>,
+    ticket: Option<(Arc<Shared>, Ticket)>,
+}
+
+impl std::fmt::Debug for Permit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Permit").field("key", &self.key).finish_non_exhaustive()
+    }
 }
 
 impl Permit {
@@ -378,71 +515,112 @@ impl Permit {
     }
 }
 
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if let Some((shared, ticket)) = self.ticket.take() {
+            shared.release(&self.key, &ticket);
+        }
+    }
+}
+
 /// Pacing for every key of one client.
-#[derive(Debug)]
 pub struct Pacer {
-    config: PacingConfig,
-    keys: Mutex<HashMap<String, KeyLimiter>>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Pacer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pacer")
+            .field("config", &self.shared.config)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Pacer {
     /// A pacer with `config` for every key.
     pub fn new(config: PacingConfig) -> Pacer {
         Pacer {
-            config,
-            keys: Mutex::new(HashMap::new()),
-        }
-    }
-
-    fn with_key<R>(&self, key: &str, f: impl FnOnce(&mut KeyLimiter) -> R) -> R {
-        let day = utc_day(OffsetDateTime::now_utc());
-        let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(k) = keys.get_mut(key) {
-            f(k)
-        } else {
-            let k = keys
-                .entry(key.to_string())
-                .or_insert_with(|| KeyLimiter::new(&self.config, day));
-            f(k)
-        }
-    }
-
-    /// Waits for the next slot of `key`; fails at once when the day's budget is used up.
-    pub async fn acquire(&self, key: &str) -> Result<Permit, Error> {
-        if !self.config.enabled {
-            return Ok(Permit {
-                key: key.to_string(),
-                slot: None,
-            });
-        }
-        let now_utc = OffsetDateTime::now_utc();
-        let day = utc_day(now_utc);
-        let reserved = self.with_key(key, |k| k.reserve(Instant::now(), day));
-        match reserved {
-            Ok(slot) => {
-                if slot.at > Instant::now() {
-                    tokio::time::sleep_until(slot.at).await;
-                }
-                Ok(Permit {
-                    key: key.to_string(),
-                    slot: Some(slot),
-                })
-            }
-            Err(DailyExhausted) => Err(Error::DailyBudgetExhausted {
-                key: key.to_string(),
-                retry_after: Some(until_utc_midnight(now_utc)),
+            shared: Arc::new(Shared {
+                config,
+                keys: Mutex::new(HashMap::new()),
             }),
         }
     }
 
-    /// Feeds a response's rate-limit headers back (`limited`: the answer was a 429).
-    pub fn observe(&self, permit: &Permit, headers: Option<&RateLimitHeaders>, limited: bool) {
+    /// Waits for the caller's turn on `key`; fails at once when the day's budget is used up.
+    pub async fn acquire(&self, key: &str) -> Result<Permit, Error> {
+        if !self.shared.config.enabled {
+            return Ok(Permit {
+                key: key.to_string(),
+                ticket: None,
+            });
+        }
+        let now_utc = OffsetDateTime::now_utc();
+        let day = utc_day(now_utc);
+        let reserved = self
+            .shared
+            .with_key(key, |k| k.limiter.reserve(Instant::now(), day));
+        let ticket = match reserved {
+            Ok(t) => t,
+            Err(DailyExhausted) => {
+                return Err(Error::DailyBudgetExhausted {
+                    key: key.to_string(),
+                    retry_after: Some(until_utc_midnight(now_utc)),
+                });
+            }
+        };
+        // From here on, dropping the permit (also while waiting) gives the place up.
+        let permit = Permit {
+            key: key.to_string(),
+            ticket: Some((self.shared.clone(), ticket.clone())),
+        };
+        if ticket.estimate > Instant::now() {
+            tokio::time::sleep_until(ticket.estimate).await;
+        }
+        loop {
+            let (turn, notify) = self.shared.with_key(key, |k| {
+                (k.limiter.poll(&ticket, Instant::now()), k.answered.clone())
+            });
+            match turn {
+                Turn::Go => return Ok(permit),
+                Turn::WaitUntil(t) => tokio::time::sleep_until(t).await,
+                Turn::WaitForAnswer => {
+                    let notified = notify.notified();
+                    tokio::pin!(notified);
+                    notified.as_mut().enable();
+                    // Re-check after registering, so an answer in between is not missed.
+                    let turn = self
+                        .shared
+                        .with_key(key, |k| k.limiter.poll(&ticket, Instant::now()));
+                    match turn {
+                        Turn::Go => return Ok(permit),
+                        Turn::WaitUntil(t) => tokio::time::sleep_until(t).await,
+                        Turn::WaitForAnswer => {
+                            let fallback = self.shared.config.interval;
+                            let _ = tokio::time::timeout(fallback, notified).await;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Feeds an answer back (`limited`: it was a 429) and releases the permit's slot.
+    pub fn observe(&self, mut permit: Permit, headers: Option<&RateLimitHeaders>, limited: bool) {
         let now = Instant::now();
-        match &permit.slot {
-            Some(slot) => self.with_key(&permit.key, |k| k.observe(slot, headers, limited, now)),
+        match permit.ticket.take() {
+            Some((shared, ticket)) => {
+                let notify = shared.with_key(&permit.key, |k| {
+                    k.limiter.release(&ticket, now);
+                    k.limiter.observe(&ticket, headers, limited, now);
+                    k.answered.clone()
+                });
+                notify.notify_waiters();
+            }
             None => {
                 if let Some(h) = headers {
-                    self.with_key(&permit.key, |k| k.last_headers = Some(h.clone()));
+                    self.shared
+                        .with_key(&permit.key, |k| k.limiter.last_headers = Some(h.clone()));
                 }
             }
         }
@@ -450,8 +628,9 @@ impl Pacer {
 
     /// What is left of `key`'s budget, if the key has been used.
     pub fn budget(&self, key: &str) -> Option<BudgetSnapshot> {
-        let keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
-        keys.get(key).map(|k| k.snapshot(key, Instant::now()))
+        let keys = self.shared.keys.lock().unwrap_or_else(|p| p.into_inner());
+        keys.get(key)
+            .map(|k| k.limiter.snapshot(key, Instant::now()))
     }
 }
 
@@ -470,106 +649,208 @@ mod tests {
         }
     }
 
-    /// Reserves `n` slots at `now` and returns their offsets from `t0` in ms.
-    fn reserve_n(k: &mut KeyLimiter, t0: Instant, now: Instant, n: usize) -> Vec<u128> {
-        (0..n)
-            .map(|_| {
-                let s = k.reserve(now, 0).expect("budget");
-                s.at.duration_since(t0).as_millis()
-            })
-            .collect()
+    fn ms(t0: Instant, t: Instant) -> u128 {
+        t.duration_since(t0).as_millis()
     }
 
     #[test]
-    fn burst_then_one_window_later() {
+    fn estimates_line_up_by_window() {
         let c = cfg(100, 1000, 1_000_000);
-        assert_eq!(c.margin(), 10 * MS);
+        assert_eq!(c.margin(), MS);
         let t0 = Instant::now();
         let mut k = KeyLimiter::new(&c, 0);
-        let at = reserve_n(&mut k, t0, t0, 250);
-        assert!(at[..100].iter().all(|a| *a == 0));
-        assert!(at[100..200].iter().all(|a| *a == 1010), "{:?}", &at[100..110]);
-        assert!(at[200..].iter().all(|a| *a == 2020));
+        let est: Vec<u128> = (0..250)
+            .map(|_| ms(t0, k.reserve(t0, 0).expect("budget").estimate))
+            .collect();
+        assert!(est[..100].iter().all(|a| *a == 0));
+        assert!(est[100..200].iter().all(|a| *a == 1001), "{:?}", &est[100..110]);
+        assert!(est[200..].iter().all(|a| *a == 2002));
+    }
+
+    #[test]
+    fn next_window_starts_after_the_answers_not_the_sends() {
+        let c = cfg(2, 1000, 1_000_000);
+        let t0 = Instant::now();
+        let mut k = KeyLimiter::new(&c, 0);
+        let t: Vec<Ticket> = (0..3).map(|_| k.reserve(t0, 0).expect("budget")).collect();
+        assert_eq!(k.poll(&t[0], t0), Turn::Go);
+        assert_eq!(k.poll(&t[1], t0), Turn::Go);
+        // Nothing answered yet: the third waits for an answer.
+        assert_eq!(k.poll(&t[2], t0 + 1001 * MS), Turn::WaitForAnswer);
+        // Answers took 30 and 50 ms: the window ends 1 s after the first answer.
+        k.release(&t[1], t0 + 50 * MS);
+        k.release(&t[0], t0 + 30 * MS);
+        assert_eq!(k.poll(&t[2], t0 + 1001 * MS), Turn::WaitUntil(t0 + 1031 * MS));
+        assert_eq!(k.poll(&t[2], t0 + 1031 * MS), Turn::Go);
+    }
+
+    /// Simulates callers and answers with varying latency and checks the invariant: when a
+    /// request is sent, at most `burst` requests (it included) were sent before it and not
+    /// answered more than an interval ago.
+    fn simulate(c: &PacingConfig, arrivals: &[u64], latency: impl Fn(usize) -> u64) -> Vec<(Instant, Instant)> {
+        let t0 = Instant::now();
+        let mut k = KeyLimiter::new(c, 0);
+        let mut tickets: Vec<(Ticket, Option<Instant>)> = Vec::new();
+        let mut sent: Vec<(Instant, Instant)> = Vec::new();
+        let mut next_arrival = 0;
+        let mut now = t0;
+        let end = t0 + Duration::from_secs(600);
+        while now < end && sent.len() < arrivals.len() {
+            while next_arrival < arrivals.len() && t0 + MS * u32::try_from(arrivals[next_arrival]).unwrap_or(0) <= now {
+                let t = k.reserve(now, 0).expect("budget");
+                tickets.push((t, None));
+                next_arrival += 1;
+            }
+            for (i, (t, wake)) in tickets.iter_mut().enumerate() {
+                if wake.is_some_and(|w| w > now) || t.estimate > now {
+                    continue;
+                }
+                if sent.iter().any(|_| false) {
+                    continue;
+                }
+                match k.poll(t, now) {
+                    Turn::Go if *wake != Some(end) => {
+                        let done = now + MS * u32::try_from(latency(i)).unwrap_or(0);
+                        sent.push((now, done));
+                        *wake = Some(end);
+                    }
+                    Turn::WaitUntil(w) => *wake = Some(w),
+                    _ => {}
+                }
+            }
+            for (i, (t, wake)) in tickets.iter().enumerate() {
+                if *wake == Some(end) {
+                    let _ = i;
+                    if let Some((_, done)) = sent.iter().find(|_| true) {
+                        let _ = done;
+                    }
+                    let _ = t;
+                }
+            }
+            // Release answers that are due.
+            let due: Vec<usize> = (0..tickets.len()).collect();
+            for i in due {
+                let _ = i;
+            }
+            now += MS;
+            for (idx, (s, d)) in sent.iter().enumerate() {
+                if *d <= now && *d > now - MS {
+                    let _ = (idx, s);
+                }
+            }
+            let answered: Vec<(usize, Instant)> = sent
+                .iter()
+                .enumerate()
+                .filter(|(_, (_, d))| *d <= now && *d + MS > now)
+                .map(|(i, (_, d))| (i, *d))
+                .collect();
+            for (i, d) in answered {
+                // The i-th sent request belongs to the ticket that went i-th.
+                if let Some((t, _)) = tickets.iter().filter(|(_, w)| *w == Some(end)).nth(i) {
+                    let t = t.clone();
+                    k.release(&t, d);
+                }
+            }
+        }
+        sent
     }
 
     #[test]
     fn never_more_than_burst_in_any_window() {
-        // Arrivals spread out: the log must never admit burst+1 in one interval.
         let c = cfg(10, 1000, 1_000_000);
-        let t0 = Instant::now();
-        let mut k = KeyLimiter::new(&c, 0);
-        let mut sent = Vec::new();
-        let mut now = t0;
-        for i in 0..200u32 {
-            now += MS * (i * 37 % 11);
-            sent.push(k.reserve(now, 0).expect("budget").at);
+        let arrivals: Vec<u64> = (0..120u64).map(|i| (i * 37) % 3000).collect::<Vec<_>>();
+        let mut arrivals = arrivals;
+        arrivals.sort_unstable();
+        let sent = simulate(&c, &arrivals, |i| 1 + (i as u64 * 7919) % 40);
+        assert_eq!(sent.len(), 120, "everyone is served");
+        for (j, (send_j, _)) in sent.iter().enumerate() {
+            let occupying = sent[..=j]
+                .iter()
+                .filter(|(_, done)| *done + Duration::from_millis(1000) > *send_j)
+                .count();
+            assert!(occupying <= 10, "request {j}: {occupying} in the window");
         }
-        sent.sort();
-        for w in sent.windows(11) {
-            assert!(w[10].duration_since(w[0]) >= Duration::from_millis(1000), "window breached");
-        }
+        // And it is not slower than needed: 120 requests at 10 per second take about 11 s.
+        let last = sent.iter().map(|(s, _)| *s).max().expect("sent");
+        let first = sent.iter().map(|(s, _)| *s).min().expect("sent");
+        assert!(last.duration_since(first) < Duration::from_millis(11_800));
     }
 
     #[test]
     fn single_tat_gcra_would_send_twice_the_burst() {
-        // Why the log: a GCRA with T = I/B and tau = I - T admits 2B - 1 in one interval.
+        // Why not one TAT: a GCRA with T = I/B and tau = I - T admits 2B - 1 in one interval.
         let (b, i) = (100u32, Duration::from_secs(1));
         let t = i / b;
         let tau = i - t;
         let t0 = Instant::now();
-        let mut tat = t0;
-        let mut admitted_in_first_interval = 0;
-        let mut now = t0;
+        let (mut tat, mut now, mut admitted) = (t0, t0, 0);
         while now < t0 + i {
             if now + tau >= tat {
                 tat = tat.max(now) + t;
-                admitted_in_first_interval += 1;
+                admitted += 1;
             } else {
                 now += MS;
             }
         }
-        assert_eq!(admitted_in_first_interval, 2 * b - 1);
-        // The log admits exactly B in the same interval.
+        assert_eq!(admitted, 2 * b - 1);
+        // This limiter admits exactly B in the same interval.
         let mut k = KeyLimiter::new(&cfg(b, 1000, 1_000_000), 0);
-        let at = reserve_n(&mut k, t0, t0, 300);
-        assert_eq!(at.iter().filter(|a| **a < 1000).count(), 100);
+        let tickets: Vec<Ticket> = (0..300).map(|_| k.reserve(t0, 0).expect("budget")).collect();
+        let mut go = 0;
+        for tk in &tickets {
+            if k.poll(tk, t0) == Turn::Go {
+                go += 1;
+                k.release(tk, t0);
+            }
+        }
+        assert_eq!(go, 100);
+        assert!(tickets.iter().skip(100).all(|tk| k.poll(tk, t0 + 999 * MS) != Turn::Go));
     }
 
     #[test]
-    fn fewer_remaining_than_expected_pushes_later() {
+    fn fewer_remaining_than_expected_adds_phantoms() {
         let c = cfg(100, 1000, 1_000_000);
         let t0 = Instant::now();
         let mut k = KeyLimiter::new(&c, 0);
-        let s = k.reserve(t0, 0).expect("budget");
+        let first = k.reserve(t0, 0).expect("budget");
+        assert_eq!(k.poll(&first, t0), Turn::Go);
+        k.release(&first, t0 + MS);
         // The server has seen 60 requests from elsewhere: 39 remain after ours.
         let h = RateLimitHeaders {
             max: Some(100),
             remaining: Some(39),
             ..Default::default()
         };
-        k.observe(&s, Some(&h), false, t0 + MS);
-        let at = reserve_n(&mut k, t0, t0 + MS, 40);
-        assert_eq!(at.iter().filter(|a| **a <= 1).count(), 39);
-        assert_eq!(*at.last().unwrap_or(&0), 1010);
+        k.observe(&first, Some(&h), false, t0 + MS);
+        let now = t0 + MS;
+        let tickets: Vec<Ticket> = (0..40).map(|_| k.reserve(now, 0).expect("budget")).collect();
+        let go = tickets.iter().filter(|t| k.poll(t, now) == Turn::Go).count();
+        assert_eq!(go, 39);
+        assert_eq!(k.poll(&tickets[39], now), Turn::WaitUntil(t0 + 1002 * MS));
     }
 
     #[test]
     fn own_concurrent_answers_do_not_slow_us_down() {
-        // 100 sent in one burst, answered out of order: no phantom sends.
         let c = cfg(100, 1000, 1_000_000);
         let t0 = Instant::now();
         let mut k = KeyLimiter::new(&c, 0);
-        let slots: Vec<Slot> = (0..100).map(|_| k.reserve(t0, 0).expect("budget")).collect();
-        for (j, s) in slots.iter().rev().enumerate() {
+        let tickets: Vec<Ticket> = (0..100).map(|_| k.reserve(t0, 0).expect("budget")).collect();
+        for t in &tickets {
+            assert_eq!(k.poll(t, t0), Turn::Go);
+        }
+        // Answered in reverse order, each reporting what the server counted so far.
+        for (j, t) in tickets.iter().rev().enumerate() {
+            k.release(t, t0 + 2 * MS);
             let h = RateLimitHeaders {
                 max: Some(100),
                 remaining: Some(99 - u32::try_from(j).unwrap_or(0)),
                 ..Default::default()
             };
-            k.observe(s, Some(&h), false, t0 + 2 * MS);
+            k.observe(t, Some(&h), false, t0 + 2 * MS);
         }
-        assert_eq!(k.count_in_window(t0), 100);
-        assert_eq!(k.next_free(t0).duration_since(t0), 1010 * MS);
+        assert_eq!(k.occupied(t0 + 2 * MS), 100, "no phantoms added");
+        let next = k.reserve(t0 + 2 * MS, 0).expect("budget");
+        assert_eq!(k.poll(&next, t0 + 2 * MS), Turn::WaitUntil(t0 + 1003 * MS));
     }
 
     #[test]
@@ -577,7 +858,7 @@ mod tests {
         let c = cfg(10, 1000, 1000);
         let t0 = Instant::now();
         let mut k = KeyLimiter::new(&c, 0);
-        let s = k.reserve(t0, 0).expect("budget");
+        let t = k.reserve(t0, 0).expect("budget");
         let h = RateLimitHeaders {
             max: Some(1000),
             remaining: Some(999),
@@ -585,7 +866,7 @@ mod tests {
             daily_limit: Some(200_000),
             daily_remaining: Some(199_999),
         };
-        k.observe(&s, Some(&h), false, t0);
+        k.observe(&t, Some(&h), false, t0);
         let snap = k.snapshot("k", t0);
         assert_eq!(snap.burst, 10);
         assert_eq!(snap.interval, Duration::from_secs(1));
@@ -597,7 +878,7 @@ mod tests {
             interval_ms: Some(2000),
             ..Default::default()
         };
-        k.observe(&s, Some(&h), false, t0);
+        k.observe(&t, Some(&h), false, t0);
         let snap = k.snapshot("k", t0);
         assert_eq!((snap.burst, snap.interval), (5, Duration::from_secs(2)));
     }
@@ -607,19 +888,28 @@ mod tests {
         let c = cfg(100, 1000, 1_000_000);
         let t0 = Instant::now();
         let mut k = KeyLimiter::new(&c, 0);
-        let s = k.reserve(t0, 0).expect("budget");
-        k.observe(&s, None, true, t0 + MS);
-        assert_eq!(k.next_free(t0 + MS).duration_since(t0), 1010 * MS);
+        let t = k.reserve(t0, 0).expect("budget");
+        assert_eq!(k.poll(&t, t0), Turn::Go);
+        k.release(&t, t0 + MS);
+        k.observe(&t, None, true, t0 + MS);
+        let next = k.reserve(t0 + MS, 0).expect("budget");
+        assert_eq!(k.poll(&next, t0 + MS), Turn::WaitUntil(t0 + 1002 * MS));
+        assert_eq!(k.snapshot("k", t0 + MS).burst_remaining, 0);
     }
 
     #[test]
-    fn stale_answers_are_ignored() {
-        let c = cfg(100, 1000, 1_000_000);
+    fn a_cancelled_waiter_gives_its_place_up() {
+        let c = cfg(1, 1000, 1_000_000);
         let t0 = Instant::now();
         let mut k = KeyLimiter::new(&c, 0);
-        let s = k.reserve(t0, 0).expect("budget");
-        k.observe(&s, None, true, t0 + 2000 * MS);
-        assert_eq!(k.next_free(t0 + 2000 * MS), t0 + 2000 * MS);
+        let a = k.reserve(t0, 0).expect("budget");
+        let b = k.reserve(t0, 0).expect("budget");
+        let c2 = k.reserve(t0, 0).expect("budget");
+        assert_eq!(k.poll(&a, t0), Turn::Go);
+        k.release(&b, t0); // b abandoned while waiting
+        k.release(&a, t0);
+        assert_eq!(k.poll(&c2, t0), Turn::WaitUntil(t0 + 1001 * MS));
+        assert_eq!(k.snapshot("k", t0).waiting, 1);
     }
 
     #[test]
@@ -639,12 +929,12 @@ mod tests {
         let c = cfg(100, 1000, 200_000);
         let t0 = Instant::now();
         let mut k = KeyLimiter::new(&c, 0);
-        let s = k.reserve(t0, 0).expect("budget");
+        let t = k.reserve(t0, 0).expect("budget");
         let h = RateLimitHeaders {
             daily_remaining: Some(0),
             ..Default::default()
         };
-        k.observe(&s, Some(&h), false, t0);
+        k.observe(&t, Some(&h), false, t0);
         assert_eq!(k.reserve(t0, 0).err(), Some(DailyExhausted));
     }
 
@@ -653,15 +943,15 @@ mod tests {
         let c = cfg(1000, 1000, 1000);
         let t0 = Instant::now();
         let mut k = KeyLimiter::new(&c, 0);
-        let slots: Vec<Slot> = (0..10).map(|_| k.reserve(t0, 0).expect("budget")).collect();
+        let tickets: Vec<Ticket> = (0..10).map(|_| k.reserve(t0, 0).expect("budget")).collect();
         // Others used 100 today; each answer reports it consistently.
-        for (i, s) in slots.iter().enumerate() {
+        for (i, t) in tickets.iter().enumerate() {
             let h = RateLimitHeaders {
                 daily_limit: Some(1000),
                 daily_remaining: Some(1000 - 100 - 1 - u32::try_from(i).unwrap_or(0)),
                 ..Default::default()
             };
-            k.observe(s, Some(&h), false, t0);
+            k.observe(t, Some(&h), false, t0);
         }
         assert_eq!(k.snapshot("k", t0).daily_remaining, 1000 - 110);
     }
@@ -684,5 +974,29 @@ mod tests {
         assert_eq!(r.remaining, Some(7));
         assert_eq!(r.interval(), Some(Duration::from_secs(10)));
         assert_eq!(r.daily_remaining, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pacer_waits_for_turns_with_a_paused_clock() {
+        let pacer = Arc::new(Pacer::new(cfg(2, 1000, 1000)));
+        let t0 = Instant::now();
+        let mut handles = Vec::new();
+        for _ in 0..5 {
+            let p = pacer.clone();
+            handles.push(tokio::spawn(async move {
+                let permit = p.acquire("L").await.expect("budget");
+                let went = Instant::now();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                p.observe(permit, None, false);
+                went
+            }));
+        }
+        let mut went = Vec::new();
+        for h in handles {
+            went.push(h.await.expect("task").duration_since(t0).as_millis());
+        }
+        went.sort_unstable();
+        assert_eq!(went, [0, 0, 1021, 1021, 2042]);
+        assert_eq!(pacer.budget("L").map(|b| b.daily_remaining), Some(995));
     }
 }
