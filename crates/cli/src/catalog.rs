@@ -78,7 +78,7 @@ pub fn run(args: CatalogArgs) -> Result<()> {
     }
     let mut table = Table::new();
     table
-        .load_preset(UTF8_FULL_CONDENSED)
+        .load_style(UTF8_FULL_CONDENSED)
         .set_content_arrangement(ContentArrangement::Dynamic)
         .set_header(["id", "kind", "method", "path", "scope", "name"]);
     for op in &ops {

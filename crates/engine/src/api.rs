@@ -153,12 +153,10 @@ pub trait HighLevelApi: Send + Sync {
 pub fn items_of(op: &Operation, body: Value) -> Vec<Value> {
     let found = match op.items_key {
         Some("") | None => Some(body),
-        Some(key) => key
-            .split('.')
-            .try_fold(body, |v, k| match v {
-                Value::Object(mut m) => m.remove(k),
-                _ => None,
-            }),
+        Some(key) => key.split('.').try_fold(body, |v, k| match v {
+            Value::Object(mut m) => m.remove(k),
+            _ => None,
+        }),
     };
     match found {
         Some(Value::Array(items)) => items,
@@ -224,7 +222,10 @@ mod tests {
     #[test]
     fn items_by_key() {
         let op = hlbridge_highlevel::operations::find("contacts.list").expect("op");
-        let items = items_of(op, serde_json::json!({"contacts": [{"id": "a"}], "meta": {}}));
+        let items = items_of(
+            op,
+            serde_json::json!({"contacts": [{"id": "a"}], "meta": {}}),
+        );
         assert_eq!(items.len(), 1);
         assert!(items_of(op, serde_json::json!({"nope": 1})).is_empty());
     }

@@ -165,6 +165,11 @@ pub struct PollTrigger {
     /// Field of an item holding its last-update time (for `mode = "updated"`).
     #[serde(default = "default_updated_field")]
     pub updated_field: String,
+    /// On the very first poll, also start runs for the items that already exist. By default
+    /// the first poll only records them (as seen, or as the watermark), so enabling a flow
+    /// does not replay the account's history.
+    #[serde(default)]
+    pub include_existing: bool,
 }
 
 fn default_interval() -> u32 {
@@ -449,9 +454,17 @@ mod tests {
         assert!(flow.enabled);
         assert_eq!(flow.retry.max_attempts, 3);
         assert_eq!(flow.retry.base_delay_ms, 1000);
-        assert!(matches!(flow.trigger, Trigger::AppWebhook(AppWebhookTrigger { auth: AppAuth::Bearer, .. })));
+        assert!(matches!(
+            flow.trigger,
+            Trigger::AppWebhook(AppWebhookTrigger {
+                auth: AppAuth::Bearer,
+                ..
+            })
+        ));
         assert_eq!(flow.steps.len(), 2);
-        let Step::ForEach(each) = &flow.steps[1] else { panic!("for_each") };
+        let Step::ForEach(each) = &flow.steps[1] else {
+            panic!("for_each")
+        };
         assert_eq!(each.steps[0].id(), "add");
     }
 
@@ -467,7 +480,8 @@ mod tests {
     /// `docs/flow-schema.json` must match the types; regenerate with `UPDATE_SCHEMA=1 cargo test`.
     #[test]
     fn published_schema_is_up_to_date() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/flow-schema.json");
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/flow-schema.json");
         let fresh = json_schema_text();
         if std::env::var_os("UPDATE_SCHEMA").is_some() {
             if let Some(dir) = path.parent() {

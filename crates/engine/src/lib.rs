@@ -7,8 +7,21 @@
 //! not redo finished steps), retry with exponential backoff and jitter within the flow's
 //! budget, and send what cannot succeed to dead letters, from where it can be replayed.
 
-pub mod flow;
 pub mod api;
-pub mod template;
-pub mod validate;
+pub mod client;
+pub mod engine;
+pub mod flow;
+pub mod net;
+pub mod runner;
 pub mod store;
+pub mod template;
+pub mod triggers;
+pub mod validate;
+
+pub use api::{ErrorClass, HighLevelApi, StepError};
+pub use client::{ClientApi, Connection};
+pub use engine::{AppConnection, Engine, EngineConfig, EngineError};
+pub use flow::Flow;
+pub use store::{RunDetail, RunFilter, RunId, RunState, RunSummary, SqliteStore, Store};
+pub use triggers::{IngressError, PollReport};
+pub use validate::{CompiledFlow, Diagnostic, ValidationContext};

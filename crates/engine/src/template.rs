@@ -76,7 +76,10 @@ impl std::fmt::Debug for Mapping {
             Mapping::Expr(_) => f.write_str("Expr(..)"),
             Mapping::Text(name) => write!(f, "Text({name})"),
             Mapping::Array(a) => f.debug_list().entries(a).finish(),
-            Mapping::Object(o) => f.debug_map().entries(o.iter().map(|(k, v)| (k, v))).finish(),
+            Mapping::Object(o) => f
+                .debug_map()
+                .entries(o.iter().map(|(k, v)| (k, v)))
+                .finish(),
         }
     }
 }
@@ -145,11 +148,24 @@ impl Mapping {
     }
 
     /// Renders the mapping with `ctx` (see [`context`]).
-    pub fn render(&self, templates: &Templates, ctx: &minijinja::Value) -> Result<Value, RenderError> {
+    pub fn render(
+        &self,
+        templates: &Templates,
+        ctx: &minijinja::Value,
+    ) -> Result<Value, RenderError> {
         match self {
             Mapping::Literal(v) => Ok(v.clone()),
             Mapping::Expr(expr) => {
-                let v = expr.eval(ctx.clone()).map_err(|e| render_error("expression", &e))?;
+                let v = expr
+                    .eval(ctx.clone())
+                    .map_err(|e| render_error("expression", &e))?;
+                if v.is_undefined() {
+                    return Err(RenderError {
+                        path: "expression".into(),
+                        message: "undefined value (a variable or attribute that does not exist)"
+                            .into(),
+                    });
+                }
                 to_json(&v).map_err(|message| RenderError {
                     path: "expression".into(),
                     message,
@@ -323,7 +339,12 @@ impl Compiler {
             Value::Object(fields) => Mapping::Object(
                 fields
                     .iter()
-                    .map(|(k, v)| (k.clone(), self.compile_value(&crate::validate::push_key(path, k), v, scope)))
+                    .map(|(k, v)| {
+                        (
+                            k.clone(),
+                            self.compile_value(&crate::validate::push_key(path, k), v, scope),
+                        )
+                    })
                     .collect(),
             ),
             other => Mapping::Literal(other.clone()),
@@ -413,7 +434,12 @@ impl Compiler {
                                 (!scope.steps.is_empty())
                                     .then(|| format!("earlier steps: {}", scope.steps.join(", ")))
                             });
-                        self.issue(path, offset, format!("unknown step `{step}` in `steps.{step}`"), hint);
+                        self.issue(
+                            path,
+                            offset,
+                            format!("unknown step `{step}` in `steps.{step}`"),
+                            hint,
+                        );
                     }
                 }
                 continue;
@@ -423,16 +449,28 @@ impl Compiler {
             }
             let offset = source.find(root);
             let hint = match nearest(root, scope.roots.iter().copied()) {
-                Some(n) => format!("did you mean `{n}`? variables available here: {}", scope.roots.join(", ")),
+                Some(n) => format!(
+                    "did you mean `{n}`? variables available here: {}",
+                    scope.roots.join(", ")
+                ),
                 None => format!("variables available here: {}", scope.roots.join(", ")),
             };
-            self.issue(path, offset, format!("undefined variable `{root}`"), Some(hint));
+            self.issue(
+                path,
+                offset,
+                format!("undefined variable `{root}`"),
+                Some(hint),
+            );
         }
     }
 }
 
+/// Parameters split by [`split_custom`]: plain `(name, value)` pairs and custom fields as
+/// `(field name, value)` pairs.
+pub type SplitParams<'a> = (Vec<(&'a String, &'a Value)>, Vec<(&'a str, &'a Value)>);
+
 /// Splits HighLevel step parameters into plain ones and `custom.<field name>` ones.
-pub fn split_custom(params: &serde_json::Map<String, Value>) -> (Vec<(&String, &Value)>, Vec<(&str, &Value)>) {
+pub fn split_custom(params: &serde_json::Map<String, Value>) -> SplitParams<'_> {
     let mut plain = Vec::new();
     let mut custom = Vec::new();
     for (k, v) in params {
@@ -489,15 +527,22 @@ impl HighLevelCustomFields {
     }
 
     async fn fetch(&self, connection: &str, location_id: &str) -> Result<FieldIds, StepError> {
-        let op = hlbridge_highlevel::operations::find("locations.custom_fields.list")
-            .ok_or_else(|| StepError::permanent("operation locations.custom_fields.list is missing"))?;
+        let op = hlbridge_highlevel::operations::find("locations.custom_fields.list").ok_or_else(
+            || StepError::permanent("operation locations.custom_fields.list is missing"),
+        )?;
         let body = self
             .api
-            .call(connection, op, serde_json::json!({ "locationId": location_id }))
+            .call(
+                connection,
+                op,
+                serde_json::json!({ "locationId": location_id }),
+            )
             .await?;
         let mut ids = HashMap::new();
         for field in crate::api::items_of(op, body) {
-            let Some(id) = field.get("id").and_then(Value::as_str) else { continue };
+            let Some(id) = field.get("id").and_then(Value::as_str) else {
+                continue;
+            };
             for key in ["name", "fieldKey"] {
                 if let Some(n) = field.get(key).and_then(Value::as_str) {
                     ids.insert(normalize(n), id.to_owned());
@@ -602,8 +647,17 @@ mod tests {
     fn undefined_is_an_error_at_run_time() {
         let (m, t, issues) = compile(json!("{{ event.nope.deeper }}"));
         assert!(issues.is_empty());
-        let err = m.render(&t, &context(&json!({"event": {}}))).expect_err("strict");
+        let err = m
+            .render(&t, &context(&json!({"event": {}})))
+            .expect_err("strict");
         assert!(err.message.contains("undefined"), "{err}");
+        let (m, t, _) = compile(json!(["{{ event.nope }}"]));
+        let err = m
+            .render(&t, &context(&json!({"event": {}})))
+            .expect_err("strict");
+        assert!(err.message.contains("undefined"), "{err}");
+        let (m, t, _) = compile(json!("a {{ event.nope }}"));
+        assert!(m.render(&t, &context(&json!({"event": {}}))).is_err());
     }
 
     #[test]
@@ -615,7 +669,10 @@ mod tests {
             "d": "{{ event.email ",
             "e": "{{ range(3) | list }}",
         }));
-        let msgs: Vec<_> = issues.iter().map(|i| (i.path.as_str(), i.message.as_str(), i.offset)).collect();
+        let msgs: Vec<_> = issues
+            .iter()
+            .map(|i| (i.path.as_str(), i.message.as_str(), i.offset))
+            .collect();
         assert_eq!(issues.len(), 4, "{msgs:?}");
         assert_eq!(msgs[0].0, "params.a");
         assert!(msgs[0].1.contains("undefined variable `evnt`"));
@@ -624,7 +681,13 @@ mod tests {
         assert!(msgs[1].1.contains("runs later"));
         assert!(msgs[2].1.contains("unknown step `fnd`"));
         assert_eq!(msgs[2].2, Some(5));
-        assert!(issues[2].hint.as_deref().unwrap_or("").contains("steps.find"));
+        assert!(
+            issues[2]
+                .hint
+                .as_deref()
+                .unwrap_or("")
+                .contains("steps.find")
+        );
         assert!(msgs[3].1.contains("syntax error"), "{msgs:?}");
     }
 
@@ -643,7 +706,9 @@ mod tests {
 
     #[test]
     fn fuel_stops_runaway_templates() {
-        let (m, t, issues) = compile(json!("{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}"));
+        let (m, t, issues) = compile(json!(
+            "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}"
+        ));
         assert!(issues.is_empty(), "{issues:?}");
         assert!(m.render(&t, &context(&json!({}))).is_err());
     }
@@ -676,13 +741,22 @@ mod tests {
             &r,
             "default",
             "loc1",
-            vec![("favourite colour".into(), json!("green")), ("favourite_colour".into(), json!(1))],
+            vec![
+                ("favourite colour".into(), json!("green")),
+                ("favourite_colour".into(), json!(1)),
+            ],
         )
         .await
         .expect("resolve");
-        assert_eq!(v, json!([{"id": "cf1", "value": "green"}, {"id": "cf1", "value": 1}]));
+        assert_eq!(
+            v,
+            json!([{"id": "cf1", "value": "green"}, {"id": "cf1", "value": 1}])
+        );
         assert_eq!(api.0.load(std::sync::atomic::Ordering::SeqCst), 1);
-        let err = r.resolve("default", "loc1", "Shoe size").await.expect_err("missing");
+        let err = r
+            .resolve("default", "loc1", "Shoe size")
+            .await
+            .expect_err("missing");
         assert!(!err.is_transient());
         assert_eq!(api.0.load(std::sync::atomic::Ordering::SeqCst), 2);
     }

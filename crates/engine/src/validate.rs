@@ -44,7 +44,11 @@ pub struct Diagnostic {
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: error: {}", self.file, self.line, self.col, self.message)?;
+        write!(
+            f,
+            "{}:{}:{}: error: {}",
+            self.file, self.line, self.col, self.message
+        )?;
         if let Some(hint) = &self.hint {
             write!(f, "\n  hint: {hint}")?;
         }
@@ -175,9 +179,15 @@ impl<'a> LineIndex<'a> {
 
     fn position(&self, offset: usize) -> (usize, usize) {
         let offset = offset.min(self.src.len());
-        let line = self.starts.partition_point(|&s| s <= offset).saturating_sub(1);
+        let line = self
+            .starts
+            .partition_point(|&s| s <= offset)
+            .saturating_sub(1);
         let start = self.starts[line];
-        let col = self.src.get(start..offset).map_or(offset - start, |s| s.chars().count());
+        let col = self
+            .src
+            .get(start..offset)
+            .map_or(offset - start, |s| s.chars().count());
         (line + 1, col + 1)
     }
 }
@@ -222,7 +232,9 @@ fn parse_path(path: &str) -> Vec<Seg> {
 /// Appends a key to a path, quoting it when it is not a plain identifier.
 pub(crate) fn push_key(path: &str, key: &str) -> String {
     let plain = !key.is_empty()
-        && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
     match (plain, path.is_empty()) {
         (true, true) => key.to_owned(),
         (true, false) => format!("{path}.{key}"),
@@ -249,7 +261,7 @@ fn span_at(root: &Spanned<DeTable<'_>>, path: &str, part: Part) -> Range<usize> 
                 .iter()
                 .find(|(key, _)| key.get_ref().as_ref() == k.as_str())
                 .map(|(key, v)| (Some(key.span()), v)),
-            (Seg::Index(i), _, Some(a)) => a.iter().nth(*i).map(|v| (None, v)),
+            (Seg::Index(i), _, Some(a)) => a.get(*i).map(|v| (None, v)),
             _ => None,
         };
         let Some((ks, value)) = found else { break };
@@ -293,7 +305,9 @@ impl<'a> Ctx<'a> {
     }
 
     fn span_of(&self, path: &str, part: Part) -> usize {
-        self.doc.as_ref().map_or(0, |d| span_at(d, path, part).start)
+        self.doc
+            .as_ref()
+            .map_or(0, |d| span_at(d, path, part).start)
     }
 
     fn at(&mut self, path: &str, message: impl Into<String>, hint: Option<String>) {
@@ -313,7 +327,11 @@ impl<'a> Ctx<'a> {
         let quote = if rest.starts_with("\"\"\"") || rest.starts_with("'''") {
             let q = 3;
             // A newline right after the opening delimiter is not part of the string.
-            if rest[q..].starts_with('\n') { q + 1 } else { q }
+            if rest[q..].starts_with('\n') {
+                q + 1
+            } else {
+                q
+            }
         } else if rest.starts_with('"') || rest.starts_with('\'') {
             1
         } else {
@@ -358,7 +376,10 @@ fn hint_for_serde(message: &str) -> Option<String> {
 }
 
 /// Compiles one flow file from disk.
-pub fn compile_file(path: &Path, vctx: &ValidationContext) -> Result<CompiledFlow, Vec<Diagnostic>> {
+pub fn compile_file(
+    path: &Path,
+    vctx: &ValidationContext,
+) -> Result<CompiledFlow, Vec<Diagnostic>> {
     let name = path.display().to_string();
     match std::fs::read_to_string(path) {
         Ok(src) => compile_source(&name, &src, vctx),
@@ -374,7 +395,10 @@ pub fn compile_file(path: &Path, vctx: &ValidationContext) -> Result<CompiledFlo
 
 /// Compiles several flow files (or directories: every `*.toml` inside, not recursive),
 /// returning all flows or all problems, including duplicate flow ids across files.
-pub fn compile_paths(paths: &[impl AsRef<Path>], vctx: &ValidationContext) -> Result<Vec<CompiledFlow>, Vec<Diagnostic>> {
+pub fn compile_paths(
+    paths: &[impl AsRef<Path>],
+    vctx: &ValidationContext,
+) -> Result<Vec<CompiledFlow>, Vec<Diagnostic>> {
     let mut files = Vec::new();
     let mut diags = Vec::new();
     for p in paths {
@@ -414,7 +438,9 @@ pub fn compile_paths(paths: &[impl AsRef<Path>], vctx: &ValidationContext) -> Re
                         line: 1,
                         col: 1,
                         message: format!("duplicate flow id `{}`", flow.id()),
-                        hint: Some(format!("{first} already defines it; flow ids must be unique")),
+                        hint: Some(format!(
+                            "{first} already defines it; flow ids must be unique"
+                        )),
                     });
                 } else {
                     seen.insert(flow.id().to_owned(), file);
@@ -424,11 +450,19 @@ pub fn compile_paths(paths: &[impl AsRef<Path>], vctx: &ValidationContext) -> Re
             Err(mut d) => diags.append(&mut d),
         }
     }
-    if diags.is_empty() { Ok(flows) } else { Err(diags) }
+    if diags.is_empty() {
+        Ok(flows)
+    } else {
+        Err(diags)
+    }
 }
 
 /// Compiles a flow from TOML text; `file` names it in diagnostics.
-pub fn compile_source(file: &str, src: &str, vctx: &ValidationContext) -> Result<CompiledFlow, Vec<Diagnostic>> {
+pub fn compile_source(
+    file: &str,
+    src: &str,
+    vctx: &ValidationContext,
+) -> Result<CompiledFlow, Vec<Diagnostic>> {
     let mut cx = Ctx {
         file,
         src,
@@ -450,6 +484,7 @@ pub fn compile_source(file: &str, src: &str, vctx: &ValidationContext) -> Result
         Err(e) => {
             cx.de_error("", &e);
             typed_errors_by_part(&mut cx, &doc);
+            cx.diags.sort_by_key(|d| (d.line, d.col));
             return Err(cx.diags);
         }
     };
@@ -457,6 +492,7 @@ pub fn compile_source(file: &str, src: &str, vctx: &ValidationContext) -> Result
     if cx.diags.is_empty() {
         compiled.ok_or_else(Vec::new)
     } else {
+        cx.diags.sort_by_key(|d| (d.line, d.col));
         Err(cx.diags)
     }
 }
@@ -498,7 +534,10 @@ fn lookup_operation(cx: &mut Ctx<'_>, path: &str, id: &str) -> Option<&'static O
         } else {
             format!(
                 "did you mean {}?",
-                near.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+                near.iter()
+                    .map(|n| format!("`{n}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )
         };
         cx.at(path, format!("unknown operation `{id}`"), Some(hint));
@@ -507,7 +546,13 @@ fn lookup_operation(cx: &mut Ctx<'_>, path: &str, id: &str) -> Option<&'static O
 }
 
 /// Checks parameter names and required parameters of `op` against `params`.
-fn check_params(cx: &mut Ctx<'_>, path: &str, op_path: &str, op: &Operation, params: &serde_json::Map<String, Value>) {
+fn check_params(
+    cx: &mut Ctx<'_>,
+    path: &str,
+    op_path: &str,
+    op: &Operation,
+    params: &serde_json::Map<String, Value>,
+) {
     let params_path = push_key(path, "params");
     for name in params.keys() {
         if name.starts_with("custom.") {
@@ -533,10 +578,18 @@ fn check_params(cx: &mut Ctx<'_>, path: &str, op_path: &str, op: &Operation, par
                 None => format!(
                     "`{}` takes: {}",
                     op.id,
-                    op.params.iter().map(|p| p.name).collect::<Vec<_>>().join(", ")
+                    op.params
+                        .iter()
+                        .map(|p| p.name)
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             };
-            cx.at_key(&push_key(&params_path, name), format!("operation `{}` has no parameter `{name}`", op.id), Some(hint));
+            cx.at_key(
+                &push_key(&params_path, name),
+                format!("operation `{}` has no parameter `{name}`", op.id),
+                Some(hint),
+            );
         }
     }
     let missing: Vec<&str> = op
@@ -546,22 +599,45 @@ fn check_params(cx: &mut Ctx<'_>, path: &str, op_path: &str, op: &Operation, par
         .filter(|n| !(*n == "customFields" && params.keys().any(|k| k.starts_with("custom."))))
         .collect();
     if !missing.is_empty() {
-        let at = if params.is_empty() { op_path.to_owned() } else { params_path };
+        let at = if params.is_empty() {
+            op_path.to_owned()
+        } else {
+            params_path
+        };
         cx.at(
             &at,
             format!(
                 "operation `{}` requires {} not mapped: {}",
                 op.id,
-                if missing.len() == 1 { "a parameter" } else { "parameters" },
-                missing.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+                if missing.len() == 1 {
+                    "a parameter"
+                } else {
+                    "parameters"
+                },
+                missing
+                    .iter()
+                    .map(|n| format!("`{n}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
-            Some(format!("add them under `params`, e.g. `{} = \"{{{{ event.… }}}}\"`", missing[0])),
+            Some(format!(
+                "add them under `params`, e.g. `{} = \"{{{{ event.… }}}}\"`",
+                missing[0]
+            )),
         );
     }
 }
 
-fn check_connection(cx: &mut Ctx<'_>, path: &str, connection: &str, op: &Operation, vctx: &ValidationContext) {
-    let Some(conns) = &vctx.connections else { return };
+fn check_connection(
+    cx: &mut Ctx<'_>,
+    path: &str,
+    connection: &str,
+    op: &Operation,
+    vctx: &ValidationContext,
+) {
+    let Some(conns) = &vctx.connections else {
+        return;
+    };
     match conns.get(connection) {
         None => {
             let mut names: Vec<_> = conns.keys().map(String::as_str).collect();
@@ -574,20 +650,33 @@ fn check_connection(cx: &mut Ctx<'_>, path: &str, connection: &str, op: &Operati
         }
         Some(Some(scopes)) if !scopes.iter().any(|s| s == op.scope) => cx.at(
             path,
-            format!("connection `{connection}` lacks the scope `{}` that `{}` requires", op.scope, op.id),
+            format!(
+                "connection `{connection}` lacks the scope `{}` that `{}` requires",
+                op.scope, op.id
+            ),
             Some("reconnect with that scope, or use another connection".into()),
         ),
         Some(_) => {}
     }
 }
 
-fn check_poll(cx: &mut Ctx<'_>, comp: &mut Compiler, path: &str, poll: &PollTrigger, connection: &str, vctx: &ValidationContext) -> Option<CompiledPoll> {
+fn check_poll(
+    cx: &mut Ctx<'_>,
+    comp: &mut Compiler,
+    path: &str,
+    poll: &PollTrigger,
+    connection: &str,
+    vctx: &ValidationContext,
+) -> Option<CompiledPoll> {
     let op_path = push_key(path, "operation");
     let op = lookup_operation(cx, &op_path, &poll.operation);
     if !(1..=15).contains(&poll.interval_minutes) {
         cx.at(
             &push_key(path, "interval_minutes"),
-            format!("poll interval {} min is outside 1–15 minutes", poll.interval_minutes),
+            format!(
+                "poll interval {} min is outside 1–15 minutes",
+                poll.interval_minutes
+            ),
             Some("HighLevel pacing allows polling every 1 to 15 minutes".into()),
         );
     }
@@ -595,7 +684,11 @@ fn check_poll(cx: &mut Ctx<'_>, comp: &mut Compiler, path: &str, poll: &PollTrig
         roots: vec!["flow"],
         ..Scope::default()
     };
-    let params = comp.compile_value(&push_key(path, "params"), &Value::Object(poll.params.clone()), &scope);
+    let params = comp.compile_value(
+        &push_key(path, "params"),
+        &Value::Object(poll.params.clone()),
+        &scope,
+    );
     let op = op?;
     if !is_list_operation(op) {
         let near: Vec<_> = operations::OPERATIONS
@@ -606,7 +699,10 @@ fn check_poll(cx: &mut Ctx<'_>, comp: &mut Compiler, path: &str, poll: &PollTrig
             .collect();
         cx.at(
             &op_path,
-            format!("`{}` is not a list (trigger) operation and cannot be polled", op.id),
+            format!(
+                "`{}` is not a list (trigger) operation and cannot be polled",
+                op.id
+            ),
             (!near.is_empty()).then(|| format!("list operations nearby: {}", near.join(", "))),
         );
     }
@@ -622,7 +718,9 @@ fn check_poll(cx: &mut Ctx<'_>, comp: &mut Compiler, path: &str, poll: &PollTrig
 /// Parses a schedule's time zone: `UTC`/`Z` or a fixed offset `±HH:MM`.
 pub(crate) fn parse_offset(tz: Option<&str>) -> Result<chrono::FixedOffset, String> {
     let utc = chrono::FixedOffset::east_opt(0).ok_or("offset")?;
-    let Some(tz) = tz.map(str::trim) else { return Ok(utc) };
+    let Some(tz) = tz.map(str::trim) else {
+        return Ok(utc);
+    };
     if tz.eq_ignore_ascii_case("utc") || tz == "Z" || tz.is_empty() {
         return Ok(utc);
     }
@@ -638,14 +736,23 @@ pub(crate) fn parse_offset(tz: Option<&str>) -> Result<chrono::FixedOffset, Stri
     if h > 14 || m > 59 {
         return Err(format!("`{tz}` is not a UTC offset"));
     }
-    chrono::FixedOffset::east_opt(sign * (h * 3600 + m * 60)).ok_or_else(|| format!("`{tz}` is not a UTC offset"))
+    chrono::FixedOffset::east_opt(sign * (h * 3600 + m * 60))
+        .ok_or_else(|| format!("`{tz}` is not a UTC offset"))
 }
 
 fn check_flow(cx: &mut Ctx<'_>, flow: Flow, vctx: &ValidationContext) -> Option<CompiledFlow> {
-    if flow.id.is_empty() || !flow.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+    if flow.id.is_empty()
+        || !flow
+            .id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
         cx.at(
             "id",
-            format!("flow id `{}` must be non-empty letters, digits, `-` or `_`", flow.id),
+            format!(
+                "flow id `{}` must be non-empty letters, digits, `-` or `_`",
+                flow.id
+            ),
             None,
         );
     }
@@ -653,7 +760,13 @@ fn check_flow(cx: &mut Ctx<'_>, flow: Flow, vctx: &ValidationContext) -> Option<
 
     // Step ids: unique across the flow, nested ones included.
     let mut all_steps = Vec::new();
-    collect_step_ids(cx, &flow.steps, "steps", &mut all_steps, &mut HashSet::new());
+    collect_step_ids(
+        cx,
+        &flow.steps,
+        "steps",
+        &mut all_steps,
+        &mut HashSet::new(),
+    );
 
     let header_scope = Scope {
         roots: vec!["event", "trigger", "flow"],
@@ -670,16 +783,21 @@ fn check_flow(cx: &mut Ctx<'_>, flow: Flow, vctx: &ValidationContext) -> Option<
         .map(|f| comp.compile_condition("filter", f, &header_scope));
 
     let trigger = match &flow.trigger {
-        Trigger::HighlevelPoll(p) => check_poll(cx, &mut comp, "trigger", p, &flow.connection, vctx).map(CompiledTrigger::Poll),
+        Trigger::HighlevelPoll(p) => {
+            check_poll(cx, &mut comp, "trigger", p, &flow.connection, vctx)
+                .map(CompiledTrigger::Poll)
+        }
         Trigger::HighlevelWebhook(w) => {
             if w.events.is_empty() {
-                cx.at("trigger.events", "a HighLevel webhook trigger needs at least one event type", Some("e.g. `events = [\"ContactCreate\"]`".into()));
+                cx.at(
+                    "trigger.events",
+                    "a HighLevel webhook trigger needs at least one event type",
+                    Some("e.g. `events = [\"ContactCreate\"]`".into()),
+                );
             }
             let backfill = match &w.backfill {
-                Some(b) => match check_poll(cx, &mut comp, "trigger.backfill", b, &flow.connection, vctx) {
-                    Some(p) => Some(Some(p)),
-                    None => None,
-                },
+                Some(b) => check_poll(cx, &mut comp, "trigger.backfill", b, &flow.connection, vctx)
+                    .map(Some),
                 None => Some(None),
             };
             backfill.map(|backfill| CompiledTrigger::HighlevelWebhook {
@@ -689,13 +807,20 @@ fn check_flow(cx: &mut Ctx<'_>, flow: Flow, vctx: &ValidationContext) -> Option<
         }
         Trigger::AppWebhook(a) => {
             if a.secret.trim().is_empty() {
-                cx.at("trigger.secret", "an app webhook needs a secret", Some("name an app secret of the engine configuration".into()));
+                cx.at(
+                    "trigger.secret",
+                    "an app webhook needs a secret",
+                    Some("name an app secret of the engine configuration".into()),
+                );
             }
             let scope = Scope {
                 roots: vec!["event"],
                 ..Scope::default()
             };
-            let dedupe_key = a.dedupe_key.as_ref().map(|d| comp.compile_str("trigger.dedupe_key", d, &scope));
+            let dedupe_key = a
+                .dedupe_key
+                .as_ref()
+                .map(|d| comp.compile_str("trigger.dedupe_key", d, &scope));
             Some(CompiledTrigger::AppWebhook { dedupe_key })
         }
         Trigger::Schedule(s) => {
@@ -713,7 +838,11 @@ fn check_flow(cx: &mut Ctx<'_>, flow: Flow, vctx: &ValidationContext) -> Option<
             let offset = match parse_offset(s.timezone.as_deref()) {
                 Ok(o) => Some(o),
                 Err(e) => {
-                    cx.at("trigger.timezone", e, Some("use `UTC` or a fixed offset such as `+02:00`".into()));
+                    cx.at(
+                        "trigger.timezone",
+                        e,
+                        Some("use `UTC` or a fixed offset such as `+02:00`".into()),
+                    );
                     None
                 }
             };
@@ -749,7 +878,13 @@ fn check_flow(cx: &mut Ctx<'_>, flow: Flow, vctx: &ValidationContext) -> Option<
     })
 }
 
-fn collect_step_ids(cx: &mut Ctx<'_>, steps: &[Step], path: &str, out: &mut Vec<String>, seen: &mut HashSet<String>) {
+fn collect_step_ids(
+    cx: &mut Ctx<'_>,
+    steps: &[Step],
+    path: &str,
+    out: &mut Vec<String>,
+    seen: &mut HashSet<String>,
+) {
     for (i, step) in steps.iter().enumerate() {
         let p = format!("{path}[{i}]");
         let id = step.id();
@@ -761,7 +896,11 @@ fn collect_step_ids(cx: &mut Ctx<'_>, steps: &[Step], path: &str, out: &mut Vec<
             );
         }
         if !seen.insert(id.to_owned()) {
-            cx.at(&push_key(&p, "id"), format!("duplicate step id `{id}`"), None);
+            cx.at(
+                &push_key(&p, "id"),
+                format!("duplicate step id `{id}`"),
+                None,
+            );
         }
         out.push(id.to_owned());
         if let Step::ForEach(f) = step {
@@ -791,14 +930,22 @@ fn compile_steps(
                 let params = Mapping::Object(
                     plain
                         .into_iter()
-                        .map(|(k, v)| (k.clone(), comp.compile_value(&push_key(&params_path, k), v, &scope)))
+                        .map(|(k, v)| {
+                            (
+                                k.clone(),
+                                comp.compile_value(&push_key(&params_path, k), v, &scope),
+                            )
+                        })
                         .collect(),
                 );
                 let custom = custom
                     .into_iter()
                     .map(|(name, v)| {
                         let key = format!("custom.{name}");
-                        (name.to_owned(), comp.compile_value(&push_key(&params_path, &key), v, &scope))
+                        (
+                            name.to_owned(),
+                            comp.compile_value(&push_key(&params_path, &key), v, &scope),
+                        )
                     })
                     .collect();
                 if let Some(op) = op {
@@ -818,9 +965,16 @@ fn compile_steps(
                 if let (Some(conn), Some(apps)) = (&s.connection, &vctx.app_connections)
                     && !apps.contains(conn)
                 {
-                    cx.at(&push_key(&p, "connection"), format!("app connection `{conn}` is not configured"), None);
+                    cx.at(
+                        &push_key(&p, "connection"),
+                        format!("app connection `{conn}` is not configured"),
+                        None,
+                    );
                 }
-                if s.connection.is_none() && !template::is_template(&s.url) && url::Url::parse(&s.url).is_err() {
+                if s.connection.is_none()
+                    && !template::is_template(&s.url)
+                    && url::Url::parse(&s.url).is_err()
+                {
                     cx.at(
                         &push_key(&p, "url"),
                         format!("`{}` is not an absolute URL", s.url),
@@ -831,8 +985,15 @@ fn compile_steps(
                     id: s.id.clone(),
                     method: s.method,
                     url: comp.compile_str(&push_key(&p, "url"), &s.url, &scope),
-                    headers: comp.compile_value(&push_key(&p, "headers"), &Value::Object(s.headers.clone()), &scope),
-                    body: s.body.as_ref().map(|b| comp.compile_value(&push_key(&p, "body"), b, &scope)),
+                    headers: comp.compile_value(
+                        &push_key(&p, "headers"),
+                        &Value::Object(s.headers.clone()),
+                        &scope,
+                    ),
+                    body: s
+                        .body
+                        .as_ref()
+                        .map(|b| comp.compile_value(&push_key(&p, "body"), b, &scope)),
                     connection: s.connection.clone(),
                 })
             }
@@ -845,8 +1006,14 @@ fn compile_steps(
                 }
                 Some(CompiledStep::FindContact {
                     id: s.id.clone(),
-                    email: s.email.as_ref().map(|e| comp.compile_str(&push_key(&p, "email"), e, &scope)),
-                    phone: s.phone.as_ref().map(|e| comp.compile_str(&push_key(&p, "phone"), e, &scope)),
+                    email: s
+                        .email
+                        .as_ref()
+                        .map(|e| comp.compile_str(&push_key(&p, "email"), e, &scope)),
+                    phone: s
+                        .phone
+                        .as_ref()
+                        .map(|e| comp.compile_str(&push_key(&p, "phone"), e, &scope)),
                     required: s.required,
                 })
             }
@@ -862,7 +1029,15 @@ fn compile_steps(
                         inner.roots.push(r);
                     }
                 }
-                let steps = compile_steps(cx, comp, flow, &s.steps, &push_key(&p, "steps"), inner, vctx);
+                let steps = compile_steps(
+                    cx,
+                    comp,
+                    flow,
+                    &s.steps,
+                    &push_key(&p, "steps"),
+                    inner,
+                    vctx,
+                );
                 Some(CompiledStep::ForEach {
                     id: s.id.clone(),
                     items,
@@ -890,7 +1065,10 @@ mod tests {
     }
 
     fn show(d: &[Diagnostic]) -> String {
-        d.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")
+        d.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     const GOOD: &str = r#"id = "tags"
@@ -922,7 +1100,12 @@ params = { contactId = "{{ steps.contact.id }}", tags = ["{{ event.tag }}"] }
     fn toml_syntax_errors_have_positions() {
         let d = diags("id = \"x\"\n[trigger\ntype = 1\n");
         assert!(!d.is_empty());
-        assert_eq!((d[0].line, d[0].file.as_str()), (2, "flow.toml"), "{}", show(&d));
+        assert_eq!(
+            (d[0].line, d[0].file.as_str()),
+            (2, "flow.toml"),
+            "{}",
+            show(&d)
+        );
         assert!(d[0].message.starts_with("TOML syntax"), "{}", show(&d));
     }
 
@@ -959,7 +1142,10 @@ params = { contactId = "{{ steps.zzz.id }}" }
 "#;
         let d = diags(src);
         let text = show(&d);
-        let has = |line: usize, needle: &str| d.iter().any(|x| x.line == line && x.to_string().contains(needle));
+        let has = |line: usize, needle: &str| {
+            d.iter()
+                .any(|x| x.line == line && x.to_string().contains(needle))
+        };
         assert!(has(5, "not a list (trigger) operation"), "{text}");
         assert!(has(6, "outside 1–15"), "{text}");
         assert!(has(11, "unknown operation `contacts.tag.add`"), "{text}");
@@ -967,12 +1153,24 @@ params = { contactId = "{{ steps.zzz.id }}" }
         assert!(has(17, "undefined variable `evnt`"), "{text}");
         assert!(has(17, "step `c` is not available here"), "{text}");
         assert!(has(17, "has no parameter `bogus`"), "{text}");
-        assert!(has(17, "requires a parameter not mapped: `contactId`"), "{text}");
+        assert!(
+            has(17, "requires a parameter not mapped: `contactId`"),
+            "{text}"
+        );
         assert!(has(22, "syntax error"), "{text}");
-        assert!(has(27, "unknown step `zzz`"), "{text}");
+        assert!(has(28, "unknown step `zzz`"), "{text}");
+        assert!(
+            d.windows(2)
+                .all(|w| (w[0].line, w[0].col) <= (w[1].line, w[1].col)),
+            "sorted: {text}"
+        );
         // Column of the undefined variable inside the string.
         let evnt = d.iter().find(|x| x.message.contains("evnt")).expect("evnt");
-        assert_eq!(&src.lines().nth(16).unwrap_or("")[evnt.col - 1..evnt.col + 3], "evnt", "{text}");
+        assert_eq!(
+            &src.lines().nth(16).unwrap_or("")[evnt.col - 1..evnt.col + 3],
+            "evnt",
+            "{text}"
+        );
         assert!(text.contains("flow.toml:17:"), "{text}");
         assert!(text.contains("\n  hint: "), "{text}");
     }
@@ -982,8 +1180,14 @@ params = { contactId = "{{ steps.zzz.id }}" }
         let src = "id = \"x\"\n[trigger]\ntype = \"schedule\"\ncronn = \"* * * * *\"\n[[steps]]\nid = \"a\"\ntype = \"highlevel\"\noperation = \"contacts.get\"\nparms = {}\n[[steps]]\nid = \"b\"\ntype = \"teleport\"\n";
         let d = diags(src);
         let text = show(&d);
-        assert!(d.iter().any(|x| x.line == 4 && x.message.contains("cronn")), "{text}");
-        assert!(d.iter().any(|x| x.line == 9 && x.message.contains("parms")), "{text}");
+        assert!(
+            d.iter().any(|x| x.line == 4 && x.message.contains("cronn")),
+            "{text}"
+        );
+        assert!(
+            d.iter().any(|x| x.line == 9 && x.message.contains("parms")),
+            "{text}"
+        );
         assert!(d.iter().any(|x| x.message.contains("teleport")), "{text}");
     }
 
@@ -991,8 +1195,18 @@ params = { contactId = "{{ steps.zzz.id }}" }
     fn cron_and_timezone() {
         let src = "id = \"s\"\n[trigger]\ntype = \"schedule\"\ncron = \"61 * * * *\"\ntimezone = \"Mars/Olympus\"\n";
         let d = diags(src);
-        assert!(d.iter().any(|x| x.line == 4 && x.message.contains("invalid cron")), "{}", show(&d));
-        assert!(d.iter().any(|x| x.line == 5 && x.message.contains("not supported")), "{}", show(&d));
+        assert!(
+            d.iter()
+                .any(|x| x.line == 4 && x.message.contains("invalid cron")),
+            "{}",
+            show(&d)
+        );
+        assert!(
+            d.iter()
+                .any(|x| x.line == 5 && x.message.contains("not supported")),
+            "{}",
+            show(&d)
+        );
         let ok = "id = \"s\"\n[trigger]\ntype = \"schedule\"\ncron = \"*/5 * * * *\"\ntimezone = \"+02:00\"\n";
         assert!(diags(ok).is_empty(), "{}", show(&diags(ok)));
     }
@@ -1038,19 +1252,31 @@ condition = "steps.each | length > 0 and item"
 "#;
         let d = diags(src);
         assert_eq!(d.len(), 1, "{}", show(&d));
-        assert!(d[0].message.contains("undefined variable `item`") && d[0].line == 17, "{}", show(&d));
+        assert!(
+            d[0].message.contains("undefined variable `item`") && d[0].line == 17,
+            "{}",
+            show(&d)
+        );
     }
 
     #[test]
     fn connection_scopes() {
         let mut conns = HashMap::new();
-        conns.insert("default".to_owned(), Some(vec!["contacts.readonly".to_owned()]));
+        conns.insert(
+            "default".to_owned(),
+            Some(vec!["contacts.readonly".to_owned()]),
+        );
         let vctx = ValidationContext {
             connections: Some(conns),
             app_connections: None,
         };
         let d = compile_source("f.toml", GOOD, &vctx).expect_err("scope");
-        assert!(d.iter().any(|x| x.message.contains("lacks the scope `contacts.write`")), "{}", show(&d));
+        assert!(
+            d.iter()
+                .any(|x| x.message.contains("lacks the scope `contacts.write`")),
+            "{}",
+            show(&d)
+        );
     }
 
     #[test]

@@ -112,7 +112,9 @@ fn main() {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
                 .await
                 .expect("bind");
-            addr_tx.send(listener.local_addr().expect("addr")).expect("send addr");
+            addr_tx
+                .send(listener.local_addr().expect("addr"))
+                .expect("send addr");
             let app = Router::new().fallback(handle).with_state(server_limits);
             let cpu_start = thread_cpu();
             axum::serve(listener, app)
@@ -185,7 +187,10 @@ fn main() {
     println!("  server limit          {LIMIT} per {INTERVAL:?} (any window, 429 when over)");
     println!("  client pacing         burst {LIMIT} per {INTERVAL:?}");
     println!("  wall time             {:.3} s", wall.as_secs_f64());
-    println!("  floor                 {:.3} s (ceil(N/limit - 1) intervals)", floor.as_secs_f64());
+    println!(
+        "  floor                 {:.3} s (ceil(N/limit - 1) intervals)",
+        floor.as_secs_f64()
+    );
     println!("  overhead vs floor     {overhead:.2} %");
     println!("  429s received         {limited}");
     println!("  calls failed          {failures}");
@@ -203,5 +208,12 @@ fn main() {
         server_cpu.as_secs_f64() * 1e3
     );
     let pass = limited == 0 && failures == 0 && overhead <= 5.0;
-    println!("  verdict               {}", if pass { "PASS (0 429s, within 5 % of floor)" } else { "FAIL" });
+    println!(
+        "  verdict               {}",
+        if pass {
+            "PASS (0 429s, within 5 % of floor)"
+        } else {
+            "FAIL"
+        }
+    );
 }

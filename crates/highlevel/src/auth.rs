@@ -63,7 +63,9 @@ impl Auth {
     /// A fixed bearer token whose calls are paced under `pacing_key` (its location or company
     /// id) when they name no location themselves.
     pub fn token_for(token: impl Into<String>, pacing_key: impl Into<String>) -> Auth {
-        Auth::from_source(Arc::new(StaticToken::new(token).with_pacing_key(pacing_key)))
+        Auth::from_source(Arc::new(
+            StaticToken::new(token).with_pacing_key(pacing_key),
+        ))
     }
 
     /// Any token source.
@@ -197,7 +199,10 @@ impl OAuthTokens {
             .ok_or_else(|| invalid("refresh_token"))?;
         let expires_in = body
             .get("expires_in")
-            .and_then(|v| v.as_f64().or_else(|| v.as_str().and_then(|s| s.parse().ok())))
+            .and_then(|v| {
+                v.as_f64()
+                    .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+            })
             .filter(|s| s.is_finite() && *s > 0.0)
             .unwrap_or(86_399.0);
         let expires_at = now + Duration::from_secs_f64(expires_in.min(1e9));
@@ -556,7 +561,10 @@ mod tests {
             Some(&old),
         )
         .expect("valid answer");
-        assert_eq!((t.access_token.as_str(), t.refresh_token.as_str()), ("a1", "r1"));
+        assert_eq!(
+            (t.access_token.as_str(), t.refresh_token.as_str()),
+            ("a1", "r1")
+        );
         assert_eq!(t.expires_at, now + Duration::from_secs(86399));
         assert_eq!(t.location_id.as_deref(), Some("loc"));
         assert_eq!(t.company_id.as_deref(), Some("co"));
@@ -577,7 +585,11 @@ mod tests {
             location_id: None,
             company_id: None,
         };
-        let s = format!("{t:?} {:?} {:?}", StaticToken::new("secret-pit"), Auth::token("secret-pit"));
+        let s = format!(
+            "{t:?} {:?} {:?}",
+            StaticToken::new("secret-pit"),
+            Auth::token("secret-pit")
+        );
         assert!(!s.contains("secret"), "{s}");
     }
 }

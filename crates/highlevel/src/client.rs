@@ -206,7 +206,12 @@ impl Client {
             if let Some(body) = &req.body {
                 builder = builder.json(body);
             }
-            tracing::debug!(method = op.method.as_str(), path = op.path, attempt, "sending");
+            tracing::debug!(
+                method = op.method.as_str(),
+                path = op.path,
+                attempt,
+                "sending"
+            );
 
             let answer = match builder.send().await {
                 Ok(resp) => {
@@ -215,13 +220,16 @@ impl Client {
                     let rate_limit = RateLimitHeaders::from_headers(&headers);
                     self.inner
                         .pacer
-                        .observe(&permit, rate_limit.as_ref(), status == 429);
+                        .observe(permit, rate_limit.as_ref(), status == 429);
                     match resp.bytes().await {
                         Ok(bytes) => Ok((status, headers, rate_limit, bytes)),
                         Err(e) => Err(e),
                     }
                 }
-                Err(e) => Err(e),
+                Err(e) => {
+                    drop(permit);
+                    Err(e)
+                }
             };
             let (status, headers, rate_limit, bytes) = match answer {
                 Ok(a) => a,

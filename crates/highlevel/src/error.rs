@@ -58,7 +58,10 @@ pub enum Error {
     },
 
     /// The request did not get an HTTP answer (connection, timeout, body read).
-    #[error("{operation}: request to HighLevel failed: {}", transport_message(source))]
+    #[error(
+        "{operation}: request to HighLevel failed: {}",
+        transport_message(source)
+    )]
     Transport {
         /// Operation id.
         operation: String,
@@ -101,9 +104,13 @@ impl Error {
 
     /// Whether trying the same call again later can succeed.
     ///
-    /// `true` for 408, 429 and 5xx answers, for transport errors and for token refreshes that
-    /// failed for a passing reason. `false` for 4xx answers (400, 401 after a refresh, 403,
-    /// 404, 422), an exhausted daily budget, and parameter or decode errors.
+    /// `true` for 408, 429 and 5xx answers (but 501, 505), for transport errors and for token
+    /// refreshes that failed for a passing reason. `false` for 4xx answers (400, 401 after a
+    /// refresh, 403, 404, 422), an exhausted daily budget, and parameter or decode errors.
+    ///
+    /// A 5xx or transport error after a non-idempotent request (POST, PATCH) may mean the
+    /// request *was* carried out: check [`Method::is_idempotent`](crate::Method::is_idempotent)
+    /// before repeating one (the client itself only retries those after a 429).
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Api(e) => is_retryable_status(e.status),
@@ -126,9 +133,10 @@ impl Error {
     }
 }
 
-/// Whether an answer with this status is worth retrying (408, 429, 5xx).
+/// Whether an answer with this status is worth retrying (408, 429, 5xx except 501 Not
+/// Implemented and 505 HTTP Version Not Supported, which will not change).
 pub(crate) fn is_retryable_status(status: u16) -> bool {
-    status == 408 || status == 429 || (500..600).contains(&status)
+    status == 408 || status == 429 || ((500..600).contains(&status) && !matches!(status, 501 | 505))
 }
 
 /// An error answer from HighLevel.
@@ -150,7 +158,12 @@ pub struct ApiError {
 
 impl ApiError {
     /// Builds the error from an answer's status, headers and body.
-    pub fn from_response(operation: &str, status: u16, headers: &HeaderMap, body: Value) -> ApiError {
+    pub fn from_response(
+        operation: &str,
+        status: u16,
+        headers: &HeaderMap,
+        body: Value,
+    ) -> ApiError {
         let messages = messages_of(&body);
         let message = if messages.is_empty() {
             reason(status).unwrap_or("error").to_string()
@@ -253,7 +266,10 @@ fn unknown_operation(id: &str, suggestions: &[String]) -> String {
     if suggestions.is_empty() {
         format!("unknown operation '{id}'")
     } else {
-        format!("unknown operation '{id}'; did you mean: {}?", suggestions.join(", "))
+        format!(
+            "unknown operation '{id}'; did you mean: {}?",
+            suggestions.join(", ")
+        )
     }
 }
 
@@ -315,7 +331,10 @@ mod tests {
 
     #[test]
     fn string_message_and_trace_id() {
-        let e = api(404, json!({"statusCode": 404, "message": "Contact not found", "traceId": "abc"}));
+        let e = api(
+            404,
+            json!({"statusCode": 404, "message": "Contact not found", "traceId": "abc"}),
+        );
         assert_eq!(
             Error::from(e).to_string(),
             "contacts.get: HighLevel answered 404 Not Found: Contact not found (traceId abc)"
@@ -347,6 +366,7 @@ mod tests {
         let e = api(503, Value::Null);
         assert_eq!(e.message, "Service Unavailable");
         assert!(Error::from(e).is_retryable());
+        assert!(!Error::from(api(501, Value::Null)).is_retryable());
     }
 
     #[test]
@@ -355,7 +375,10 @@ mod tests {
             id: "x".into(),
             suggestions: vec!["a".into(), "b".into(), "c".into()],
         };
-        assert_eq!(e.to_string(), "unknown operation 'x'; did you mean: a, b, c?");
+        assert_eq!(
+            e.to_string(),
+            "unknown operation 'x'; did you mean: a, b, c?"
+        );
         let e = Error::MissingParams {
             operation: "contacts.get".into(),
             names: vec!["contactId".into(), "locationId".into()],

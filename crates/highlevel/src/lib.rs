@@ -20,7 +20,7 @@ pub use auth::{
 };
 pub use client::{Client, ClientConfig, PRODUCTION_BASE_URL, Response, find_operation};
 pub use error::{ApiError, Error};
-pub use operations::{Category, Kind, Method, Operation, OPERATIONS};
+pub use operations::{Category, Kind, Method, OPERATIONS, Operation};
 pub use pacing::{BudgetSnapshot, PacingConfig, RateLimitHeaders};
 pub use retry::RetryConfig;
 pub use url::Url;

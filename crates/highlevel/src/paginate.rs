@@ -75,14 +75,20 @@ struct Pager {
 
 /// Reads a paging parameter the caller gave, at top level or in a raw `body` object.
 fn given<'a>(base: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
-    base.get(name)
-        .filter(|v| !v.is_null())
-        .or_else(|| base.get("body").and_then(|b| b.get(name)).filter(|v| !v.is_null()))
+    base.get(name).filter(|v| !v.is_null()).or_else(|| {
+        base.get("body")
+            .and_then(|b| b.get(name))
+            .filter(|v| !v.is_null())
+    })
 }
 
 fn as_u64(v: &Value) -> Option<u64> {
     v.as_u64()
-        .or_else(|| v.as_f64().filter(|f| *f >= 0.0 && f.fract() == 0.0).map(|f| f as u64))
+        .or_else(|| {
+            v.as_f64()
+                .filter(|f| *f >= 0.0 && f.fract() == 0.0)
+                .map(|f| f as u64)
+        })
         .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
 }
 
@@ -151,7 +157,11 @@ impl Pager {
         first.insert(size_name.into(), json!(pager.page_size));
         match style {
             Pagination::SkipLimit | Pagination::OffsetLimit => {
-                let name = if style == Pagination::SkipLimit { "skip" } else { "offset" };
+                let name = if style == Pagination::SkipLimit {
+                    "skip"
+                } else {
+                    "offset"
+                };
                 let start = given(&pager.base, name).and_then(as_u64).unwrap_or(0);
                 first.insert(name.into(), json!(start));
             }
@@ -263,7 +273,11 @@ impl Pager {
 
         match style {
             Pagination::SkipLimit | Pagination::OffsetLimit => {
-                let name = if style == Pagination::SkipLimit { "skip" } else { "offset" };
+                let name = if style == Pagination::SkipLimit {
+                    "skip"
+                } else {
+                    "offset"
+                };
                 let start = overlay.get(name).and_then(as_u64).unwrap_or(0);
                 let after = start + count;
                 if !full && !Self::total_says_more(body, container, after) {
@@ -410,9 +424,15 @@ mod tests {
 
     #[test]
     fn date_added_to_epoch_ms() {
-        assert_eq!(epoch_ms(&json!("2021-07-02T05:18:26.704Z")), Some(json!(1_625_203_106_704_i64)));
+        assert_eq!(
+            epoch_ms(&json!("2021-07-02T05:18:26.704Z")),
+            Some(json!(1_625_203_106_704_i64))
+        );
         assert_eq!(epoch_ms(&json!(5)), Some(json!(5)));
-        assert_eq!(epoch_ms(&json!("1625203106704")), Some(json!(1_625_203_106_704_i64)));
+        assert_eq!(
+            epoch_ms(&json!("1625203106704")),
+            Some(json!(1_625_203_106_704_i64))
+        );
         assert_eq!(epoch_ms(&json!("yesterday")), None);
     }
 

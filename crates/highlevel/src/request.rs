@@ -93,7 +93,10 @@ fn query_values(v: &Value) -> Vec<String> {
     }
 }
 
-fn as_object<'a>(op: &Operation, params: &'a Value) -> Result<Option<&'a Map<String, Value>>, Error> {
+fn as_object<'a>(
+    op: &Operation,
+    params: &'a Value,
+) -> Result<Option<&'a Map<String, Value>>, Error> {
     match params {
         Value::Null => Ok(None),
         Value::Object(m) => Ok(Some(m)),
@@ -204,7 +207,10 @@ pub fn pacing_id(params: &Value) -> Option<String> {
             }
         }
         if scope.get("altType").and_then(Value::as_str) == Some("location")
-            && let Some(v) = scope.get("altId").and_then(scalar).filter(|s| !s.is_empty())
+            && let Some(v) = scope
+                .get("altId")
+                .and_then(scalar)
+                .filter(|s| !s.is_empty())
         {
             return Some(v);
         }
@@ -282,8 +288,12 @@ mod tests {
 
     #[test]
     fn all_missing_names_at_once() {
-        let e = prepare(&base("http://h/"), op("contacts.tasks.create"), &json!({"title": "t"}))
-            .expect_err("missing");
+        let e = prepare(
+            &base("http://h/"),
+            op("contacts.tasks.create"),
+            &json!({"title": "t"}),
+        )
+        .expect_err("missing");
         match e {
             Error::MissingParams { operation, names } => {
                 assert_eq!(operation, "contacts.tasks.create");
@@ -298,12 +308,21 @@ mod tests {
     #[test]
     fn pacing_ids() {
         assert_eq!(pacing_id(&json!({"locationId": "L"})).as_deref(), Some("L"));
-        assert_eq!(pacing_id(&json!({"location_id": "L2"})).as_deref(), Some("L2"));
-        assert_eq!(pacing_id(&json!({"body": {"companyId": "C"}})).as_deref(), Some("C"));
+        assert_eq!(
+            pacing_id(&json!({"location_id": "L2"})).as_deref(),
+            Some("L2")
+        );
+        assert_eq!(
+            pacing_id(&json!({"body": {"companyId": "C"}})).as_deref(),
+            Some("C")
+        );
         assert_eq!(
             pacing_id(&json!({"altType": "location", "altId": "L3"})).as_deref(),
             Some("L3")
         );
-        assert_eq!(pacing_id(&json!({"altType": "company", "altId": "X"})), None);
+        assert_eq!(
+            pacing_id(&json!({"altType": "company", "altId": "X"})),
+            None
+        );
     }
 }

@@ -350,11 +350,11 @@ pub fn check_timestamp(
     let value: serde_json::Value = serde_json::from_slice(body)
         .map_err(|e| SignatureError::Stale(format!("body is not JSON: {e}")))?;
     let ts = match value.get("timestamp") {
-        Some(serde_json::Value::String(s)) => time::OffsetDateTime::parse(
-            s,
-            &time::format_description::well_known::Rfc3339,
-        )
-        .map_err(|e| SignatureError::Stale(format!("timestamp {s:?} is not RFC 3339: {e}")))?,
+        Some(serde_json::Value::String(s)) => {
+            time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).map_err(
+                |e| SignatureError::Stale(format!("timestamp {s:?} is not RFC 3339: {e}")),
+            )?
+        }
         Some(serde_json::Value::Number(n)) => {
             let ms = n
                 .as_i64()
@@ -397,16 +397,27 @@ mod tests {
         let verifier = WebhookVerifier::new(vec![key]);
         assert_eq!(verifier.verify(lookup(&headers), body), Ok(Scheme::Ed25519));
         let raw_key = PublicKey::parse(&signer.ed25519_public_key_base64()).expect("raw");
-        assert!(WebhookVerifier::new(vec![raw_key]).verify(lookup(&headers), body).is_ok());
+        assert!(
+            WebhookVerifier::new(vec![raw_key])
+                .verify(lookup(&headers), body)
+                .is_ok()
+        );
         let forged = br#"{"type":"ContactCreate","timestamp":"2025-01-28T14:35:01Z"}"#;
         assert_eq!(
             verifier.verify(lookup(&headers), forged),
-            Err(SignatureError::Mismatch { header: ED25519_HEADER })
+            Err(SignatureError::Mismatch {
+                header: ED25519_HEADER
+            })
         );
-        assert_eq!(verifier.verify(|_| None, body), Err(SignatureError::Missing));
+        assert_eq!(
+            verifier.verify(|_| None, body),
+            Err(SignatureError::Missing)
+        );
         assert_eq!(
             verifier.verify(|_| Some("not base64!"), body),
-            Err(SignatureError::Malformed { header: ED25519_HEADER })
+            Err(SignatureError::Malformed {
+                header: ED25519_HEADER
+            })
         );
     }
 

@@ -13,7 +13,7 @@ pub struct ApiError {
     /// The message; a list when HighLevel reports several validation failures.
     pub message: Value,
     /// Extra fields some errors carry (`meta` of a duplicate contact, …).
-    pub extra: Option<Map<String, Value>>,
+    pub extra: Option<Box<Map<String, Value>>>,
 }
 
 impl ApiError {
@@ -57,7 +57,7 @@ impl ApiError {
 
     /// Adds a `meta` object to the error body.
     pub fn with_meta(mut self, meta: Value) -> Self {
-        self.extra.get_or_insert_with(Map::new).insert("meta".into(), meta);
+        self.extra.get_or_insert_with(Default::default).insert("meta".into(), meta);
         self
     }
 
@@ -72,7 +72,7 @@ impl ApiError {
             body["error"] = Value::String(reason.to_string());
         }
         if let (Some(extra), Some(obj)) = (&self.extra, body.as_object_mut()) {
-            for (k, v) in extra {
+            for (k, v) in extra.iter() {
                 obj.insert(k.clone(), v.clone());
             }
         }

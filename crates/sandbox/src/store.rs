@@ -70,10 +70,14 @@ pub enum Write {
     },
 }
 
-/// All documents, by kind then id, in insertion order.
+/// Fields looked up by value on hot paths (duplicate detection on every contact write).
+const INDEXED: &[(&str, &str)] = &[("contact", "emailLowerCase"), ("contact", "phone")];
+
+/// All documents, by kind then id, in insertion order, with a few value indexes.
 #[derive(Debug, Default)]
 pub struct Docs {
     kinds: HashMap<String, IndexMap<String, Doc>>,
+    index: HashMap<(&'static str, &'static str, String), indexmap::IndexSet<String>>,
 }
 
 impl Docs {
@@ -87,6 +91,51 @@ impl Docs {
         self.kinds.get(kind).into_iter().flat_map(|m| m.iter())
     }
 
+    /// Ids of documents of `kind` whose indexed `field` equals `value`, oldest first.
+    /// Only the (kind, field) pairs of `INDEXED` are indexed; others yield nothing.
+    pub fn find_by(&self, kind: &str, field: &str, value: &str) -> Vec<&Doc> {
+        let Some((k, f)) = INDEXED.iter().find(|(k, f)| *k == kind && *f == field) else {
+            return Vec::new();
+        };
+        let mut docs: Vec<&Doc> = self
+            .index
+            .get(&(*k, *f, value.to_string()))
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.get(kind, id))
+            .collect();
+        docs.sort_by_key(|d| d.created_ms);
+        docs
+    }
+
+    fn unindex(&mut self, kind: &str, id: &str) {
+        let Some(old) = self.get(kind, id).map(|d| d.body.clone()) else {
+            return;
+        };
+        for (k, f) in INDEXED.iter().filter(|(k, _)| *k == kind) {
+            if let Some(v) = old.get(*f).and_then(Value::as_str) {
+                let key = (*k, *f, v.to_string());
+                if let Some(set) = self.index.get_mut(&key) {
+                    set.shift_remove(id);
+                    if set.is_empty() {
+                        self.index.remove(&key);
+                    }
+                }
+            }
+        }
+    }
+
+    fn reindex(&mut self, kind: &str, id: &str, body: &Value) {
+        for (k, f) in INDEXED.iter().filter(|(k, _)| *k == kind) {
+            if let Some(v) = body.get(*f).and_then(Value::as_str).filter(|v| !v.is_empty()) {
+                self.index
+                    .entry((*k, *f, v.to_string()))
+                    .or_default()
+                    .insert(id.to_string());
+            }
+        }
+    }
+
     /// Number of documents of a kind.
     pub fn count(&self, kind: &str) -> usize {
         self.kinds.get(kind).map_or(0, |m| m.len())
@@ -96,12 +145,15 @@ impl Docs {
     pub fn apply(&mut self, write: &Write) {
         match write {
             Write::Put { kind, id, doc } => {
+                self.unindex(kind, id);
+                self.reindex(kind, id, &doc.body);
                 self.kinds
                     .entry((*kind).to_string())
                     .or_default()
                     .insert(id.clone(), doc.clone());
             }
             Write::Delete { kind, id } => {
+                self.unindex(kind, id);
                 if let Some(m) = self.kinds.get_mut(*kind) {
                     m.shift_remove(id);
                 }
@@ -110,6 +162,7 @@ impl Docs {
     }
 
     fn insert_loaded(&mut self, kind: String, id: String, doc: Doc) {
+        self.reindex(&kind, &id, &doc.body);
         self.kinds.entry(kind).or_default().insert(id, doc);
     }
 }

@@ -104,7 +104,10 @@ impl RunState {
 
     /// Whether the run is over (succeeded, skipped or dead).
     pub fn is_final(self) -> bool {
-        matches!(self, RunState::Succeeded | RunState::Skipped | RunState::Dead)
+        matches!(
+            self,
+            RunState::Succeeded | RunState::Skipped | RunState::Dead
+        )
     }
 }
 
@@ -295,7 +298,13 @@ pub struct Cursor {
 /// The store interface (see the module docs).
 pub trait Store: Send + Sync {
     /// Records (or updates) a loaded flow's definition.
-    fn upsert_flow<'a>(&'a self, id: &'a str, name: Option<&'a str>, definition: &'a Value, enabled: bool) -> StoreFuture<'a, ()>;
+    fn upsert_flow<'a>(
+        &'a self,
+        id: &'a str,
+        name: Option<&'a str>,
+        definition: &'a Value,
+        enabled: bool,
+    ) -> StoreFuture<'a, ()>;
 
     /// Writes an event and its run in one transaction. A duplicate dedupe key (or an item
     /// already seen) is a no-op returning `None`.
@@ -308,10 +317,20 @@ pub trait Store: Send + Sync {
 
     /// Claims up to `n` runs that are due (queued, failed and due for retry, or running with
     /// a lapsed lease) for `worker_id`, leasing them for `lease`.
-    fn claim_runs<'a>(&'a self, worker_id: &'a str, n: u32, lease: Duration) -> StoreFuture<'a, Vec<ClaimedRun>>;
+    fn claim_runs<'a>(
+        &'a self,
+        worker_id: &'a str,
+        n: u32,
+        lease: Duration,
+    ) -> StoreFuture<'a, Vec<ClaimedRun>>;
 
     /// Claims one given run now, whatever its schedule, if it is not final and not leased.
-    fn claim_run<'a>(&'a self, run_id: RunId, worker_id: &'a str, lease: Duration) -> StoreFuture<'a, Option<ClaimedRun>>;
+    fn claim_run<'a>(
+        &'a self,
+        run_id: RunId,
+        worker_id: &'a str,
+        lease: Duration,
+    ) -> StoreFuture<'a, Option<ClaimedRun>>;
 
     /// Extends a claim's lease; `false` when the claim was lost.
     fn renew_lease<'a>(&'a self, run: &'a ClaimedRun, lease: Duration) -> StoreFuture<'a, bool>;
@@ -324,14 +343,21 @@ pub trait Store: Send + Sync {
     fn step_results<'a>(&'a self, run_id: RunId) -> StoreFuture<'a, Vec<StepRecord>>;
 
     /// Saves (or replaces) one step's result.
-    fn save_step_result<'a>(&'a self, run_id: RunId, record: &'a StepRecord) -> StoreFuture<'a, ()>;
+    fn save_step_result<'a>(&'a self, run_id: RunId, record: &'a StepRecord)
+    -> StoreFuture<'a, ()>;
 
     /// Ends a claimed run as `succeeded` or `skipped`; `false` when the claim was lost.
     fn complete_run<'a>(&'a self, run: &'a ClaimedRun, state: RunState) -> StoreFuture<'a, bool>;
 
     /// Records a failed attempt: retry later or dead letter, with the error and the
     /// response body; `false` when the claim was lost.
-    fn fail_run<'a>(&'a self, run: &'a ClaimedRun, error: &'a str, body: Option<&'a Value>, failure: Failure) -> StoreFuture<'a, bool>;
+    fn fail_run<'a>(
+        &'a self,
+        run: &'a ClaimedRun,
+        error: &'a str,
+        body: Option<&'a Value>,
+        failure: Failure,
+    ) -> StoreFuture<'a, bool>;
 
     /// Runs matching `filter`, newest first.
     fn list_runs<'a>(&'a self, filter: &'a RunFilter) -> StoreFuture<'a, Vec<RunSummary>>;
@@ -349,11 +375,24 @@ pub trait Store: Send + Sync {
     /// Number of runs in each state (of one flow, or all).
     fn count_runs<'a>(&'a self, flow_id: Option<&'a str>) -> StoreFuture<'a, Vec<(RunState, u64)>>;
 
+    /// Records poll items as seen without starting runs (a poll's first, baseline pass);
+    /// returns how many were new.
+    fn mark_seen<'a>(&'a self, flow_id: &'a str, item_keys: &'a [String]) -> StoreFuture<'a, u64>;
+
     /// A poll cursor.
-    fn get_cursor<'a>(&'a self, flow_id: &'a str, location_id: &'a str) -> StoreFuture<'a, Option<Cursor>>;
+    fn get_cursor<'a>(
+        &'a self,
+        flow_id: &'a str,
+        location_id: &'a str,
+    ) -> StoreFuture<'a, Option<Cursor>>;
 
     /// Saves a poll cursor.
-    fn set_cursor<'a>(&'a self, flow_id: &'a str, location_id: &'a str, cursor: &'a Cursor) -> StoreFuture<'a, ()>;
+    fn set_cursor<'a>(
+        &'a self,
+        flow_id: &'a str,
+        location_id: &'a str,
+        cursor: &'a Cursor,
+    ) -> StoreFuture<'a, ()>;
 }
 
 /// The default data directory: `$HLBRIDGE_DATA`, else `$XDG_DATA_HOME/hlbridge`, else
@@ -390,7 +429,8 @@ pub(crate) fn to_ms(t: OffsetDateTime) -> i64 {
 }
 
 pub(crate) fn from_ms(ms: i64) -> OffsetDateTime {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
 #[cfg(test)]
@@ -400,13 +440,30 @@ mod tests {
     #[test]
     fn data_dir_rule() {
         let env = |pairs: &'static [(&'static str, &'static str)]| {
-            move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| std::ffi::OsString::from(v))
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| std::ffi::OsString::from(v))
+            }
         };
-        assert_eq!(data_dir_from(env(&[("HLBRIDGE_DATA", "/d"), ("HOME", "/h")])), PathBuf::from("/d"));
-        assert_eq!(data_dir_from(env(&[("XDG_DATA_HOME", "/x"), ("HOME", "/h")])), PathBuf::from("/x/hlbridge"));
-        assert_eq!(data_dir_from(env(&[("XDG_DATA_HOME", "rel"), ("HOME", "/h")])), PathBuf::from("/h/.local/share/hlbridge"));
+        assert_eq!(
+            data_dir_from(env(&[("HLBRIDGE_DATA", "/d"), ("HOME", "/h")])),
+            PathBuf::from("/d")
+        );
+        assert_eq!(
+            data_dir_from(env(&[("XDG_DATA_HOME", "/x"), ("HOME", "/h")])),
+            PathBuf::from("/x/hlbridge")
+        );
+        assert_eq!(
+            data_dir_from(env(&[("XDG_DATA_HOME", "rel"), ("HOME", "/h")])),
+            PathBuf::from("/h/.local/share/hlbridge")
+        );
         assert_eq!(data_dir_from(env(&[])), PathBuf::from("hlbridge-data"));
-        assert_eq!(database_path(Path::new("/d")), PathBuf::from("/d/hlbridge.db"));
+        assert_eq!(
+            database_path(Path::new("/d")),
+            PathBuf::from("/d/hlbridge.db")
+        );
     }
 
     #[test]

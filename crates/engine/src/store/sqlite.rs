@@ -9,12 +9,15 @@ use std::time::Duration;
 
 use serde_json::Value;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
 use sqlx::{AssertSqlSafe, Row, SqlSafeStr};
 
 use super::{
-    ClaimedRun, Cursor, EventRecord, Failure, NewEvent, RunDetail, RunFilter, RunId, RunState, RunSummary, Store, StoreError,
-    StoreFuture, StoreResult, StepRecord, from_ms, now, to_ms,
+    ClaimedRun, Cursor, EventRecord, Failure, NewEvent, RunDetail, RunFilter, RunId, RunState,
+    RunSummary, StepRecord, Store, StoreError, StoreFuture, StoreResult, from_ms, now, to_ms,
 };
 
 /// The migrations, embedded (files in `crates/engine/migrations/sqlite/`).
@@ -28,7 +31,11 @@ fn migrator() -> Migrator {
             false,
         )
     };
-    Migrator::with_migrations(vec![m(1, "init", include_str!("../../migrations/sqlite/0001_init.sql"))])
+    Migrator::with_migrations(vec![m(
+        1,
+        "init",
+        include_str!("../../migrations/sqlite/0001_init.sql"),
+    )])
 }
 
 /// The SQLite [`Store`].
@@ -69,7 +76,9 @@ fn summary(row: &SqliteRow) -> StoreResult<RunSummary> {
         event_id: row.try_get("event_id")?,
         state,
         attempts: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(0),
-        next_attempt_at: next.filter(|_| matches!(state, RunState::Queued | RunState::Failed)).map(from_ms),
+        next_attempt_at: next
+            .filter(|_| matches!(state, RunState::Queued | RunState::Failed))
+            .map(from_ms),
         worker_id: row.try_get("worker_id")?,
         last_error: row.try_get("last_error")?,
         replay_of: replay_of.as_deref().map(parse_id).transpose()?,
@@ -205,7 +214,12 @@ impl SqliteStore {
         Ok(out)
     }
 
-    async fn claim(&self, worker_id: &str, n: u32, lease: Duration) -> StoreResult<Vec<ClaimedRun>> {
+    async fn claim(
+        &self,
+        worker_id: &str,
+        n: u32,
+        lease: Duration,
+    ) -> StoreResult<Vec<ClaimedRun>> {
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         let at = to_ms(now());
         let token = uuid::Uuid::new_v4().to_string();
@@ -240,7 +254,12 @@ impl SqliteStore {
         Ok(runs)
     }
 
-    async fn claim_one(&self, run_id: RunId, worker_id: &str, lease: Duration) -> StoreResult<Option<ClaimedRun>> {
+    async fn claim_one(
+        &self,
+        run_id: RunId,
+        worker_id: &str,
+        lease: Duration,
+    ) -> StoreResult<Option<ClaimedRun>> {
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         let at = to_ms(now());
         let token = uuid::Uuid::new_v4().to_string();
@@ -313,10 +332,12 @@ impl SqliteStore {
         };
         let run = summary(&row)?;
         let error_body = parse_json(row.try_get("error_body")?)?;
-        let ev = sqlx::query("SELECT id, flow_id, dedupe_key, payload, received_at FROM events WHERE id = $1")
-            .bind(&run.event_id)
-            .fetch_one(&self.reader)
-            .await?;
+        let ev = sqlx::query(
+            "SELECT id, flow_id, dedupe_key, payload, received_at FROM events WHERE id = $1",
+        )
+        .bind(&run.event_id)
+        .fetch_one(&self.reader)
+        .await?;
         let event = EventRecord {
             id: ev.try_get("id")?,
             flow_id: ev.try_get("flow_id")?,
@@ -348,7 +369,13 @@ impl SqliteStore {
 }
 
 impl Store for SqliteStore {
-    fn upsert_flow<'a>(&'a self, id: &'a str, name: Option<&'a str>, definition: &'a Value, enabled: bool) -> StoreFuture<'a, ()> {
+    fn upsert_flow<'a>(
+        &'a self,
+        id: &'a str,
+        name: Option<&'a str>,
+        definition: &'a Value,
+        enabled: bool,
+    ) -> StoreFuture<'a, ()> {
         Box::pin(async move {
             sqlx::query(
                 "INSERT INTO flows (id, name, definition, enabled, updated_at) VALUES ($1, $2, $3, $4, $5) \
@@ -370,11 +397,21 @@ impl Store for SqliteStore {
         Box::pin(self.enqueue_batch(events))
     }
 
-    fn claim_runs<'a>(&'a self, worker_id: &'a str, n: u32, lease: Duration) -> StoreFuture<'a, Vec<ClaimedRun>> {
+    fn claim_runs<'a>(
+        &'a self,
+        worker_id: &'a str,
+        n: u32,
+        lease: Duration,
+    ) -> StoreFuture<'a, Vec<ClaimedRun>> {
         Box::pin(self.claim(worker_id, n, lease))
     }
 
-    fn claim_run<'a>(&'a self, run_id: RunId, worker_id: &'a str, lease: Duration) -> StoreFuture<'a, Option<ClaimedRun>> {
+    fn claim_run<'a>(
+        &'a self,
+        run_id: RunId,
+        worker_id: &'a str,
+        lease: Duration,
+    ) -> StoreFuture<'a, Option<ClaimedRun>> {
         Box::pin(self.claim_one(run_id, worker_id, lease))
     }
 
@@ -418,7 +455,11 @@ impl Store for SqliteStore {
         Box::pin(async move { self.steps_of(run_id, &self.writer).await })
     }
 
-    fn save_step_result<'a>(&'a self, run_id: RunId, record: &'a StepRecord) -> StoreFuture<'a, ()> {
+    fn save_step_result<'a>(
+        &'a self,
+        run_id: RunId,
+        record: &'a StepRecord,
+    ) -> StoreFuture<'a, ()> {
         Box::pin(async move {
             sqlx::query(
                 "INSERT INTO step_results (run_id, step_id, position, input, output, error, started_at, finished_at) \
@@ -442,7 +483,9 @@ impl Store for SqliteStore {
     fn complete_run<'a>(&'a self, run: &'a ClaimedRun, state: RunState) -> StoreFuture<'a, bool> {
         Box::pin(async move {
             if !matches!(state, RunState::Succeeded | RunState::Skipped) {
-                return Err(StoreError::Conflict(format!("complete_run with state {state}")));
+                return Err(StoreError::Conflict(format!(
+                    "complete_run with state {state}"
+                )));
             }
             let at = to_ms(now());
             let n = sqlx::query(
@@ -460,7 +503,13 @@ impl Store for SqliteStore {
         })
     }
 
-    fn fail_run<'a>(&'a self, run: &'a ClaimedRun, error: &'a str, body: Option<&'a Value>, failure: Failure) -> StoreFuture<'a, bool> {
+    fn fail_run<'a>(
+        &'a self,
+        run: &'a ClaimedRun,
+        error: &'a str,
+        body: Option<&'a Value>,
+        failure: Failure,
+    ) -> StoreFuture<'a, bool> {
         Box::pin(async move {
             let at = to_ms(now());
             let (state, next, finished) = match failure {
@@ -547,13 +596,41 @@ impl Store for SqliteStore {
         })
     }
 
-    fn get_cursor<'a>(&'a self, flow_id: &'a str, location_id: &'a str) -> StoreFuture<'a, Option<Cursor>> {
+    fn mark_seen<'a>(&'a self, flow_id: &'a str, item_keys: &'a [String]) -> StoreFuture<'a, u64> {
         Box::pin(async move {
-            let row = sqlx::query("SELECT cursor, watermark FROM cursors WHERE flow_id = $1 AND location_id = $2")
+            let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+            let at = to_ms(now());
+            let mut fresh = 0;
+            for key in item_keys {
+                fresh += sqlx::query(
+                    "INSERT INTO seen_items (flow_id, item_key, seen_at) VALUES ($1, $2, $3) \
+                     ON CONFLICT (flow_id, item_key) DO NOTHING",
+                )
                 .bind(flow_id)
-                .bind(location_id)
-                .fetch_optional(&self.writer)
-                .await?;
+                .bind(key)
+                .bind(at)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            }
+            tx.commit().await?;
+            Ok(fresh)
+        })
+    }
+
+    fn get_cursor<'a>(
+        &'a self,
+        flow_id: &'a str,
+        location_id: &'a str,
+    ) -> StoreFuture<'a, Option<Cursor>> {
+        Box::pin(async move {
+            let row = sqlx::query(
+                "SELECT cursor, watermark FROM cursors WHERE flow_id = $1 AND location_id = $2",
+            )
+            .bind(flow_id)
+            .bind(location_id)
+            .fetch_optional(&self.writer)
+            .await?;
             row.map(|r| {
                 Ok(Cursor {
                     cursor: parse_json(r.try_get("cursor")?)?,
@@ -564,7 +641,12 @@ impl Store for SqliteStore {
         })
     }
 
-    fn set_cursor<'a>(&'a self, flow_id: &'a str, location_id: &'a str, cursor: &'a Cursor) -> StoreFuture<'a, ()> {
+    fn set_cursor<'a>(
+        &'a self,
+        flow_id: &'a str,
+        location_id: &'a str,
+        cursor: &'a Cursor,
+    ) -> StoreFuture<'a, ()> {
         Box::pin(async move {
             sqlx::query(
                 "INSERT INTO cursors (flow_id, location_id, cursor, watermark, updated_at) VALUES ($1, $2, $3, $4, $5) \
@@ -610,31 +692,62 @@ mod tests {
         let a = store.enqueue_event(ev("a")).await.expect("enqueue");
         assert!(a.is_some());
         assert_eq!(store.enqueue_event(ev("a")).await.expect("dup"), None);
-        let batch = store.enqueue_events(vec![ev("b"), ev("b"), ev("c")]).await.expect("batch");
+        let batch = store
+            .enqueue_events(vec![ev("b"), ev("b"), ev("c")])
+            .await
+            .expect("batch");
         assert!(batch[0].is_some() && batch[1].is_none() && batch[2].is_some());
 
-        let claimed = store.claim_runs("w1", 10, Duration::from_secs(30)).await.expect("claim");
+        let claimed = store
+            .claim_runs("w1", 10, Duration::from_secs(30))
+            .await
+            .expect("claim");
         assert_eq!(claimed.len(), 3);
         assert_eq!(claimed[0].payload, json!({"k": "a"}));
         assert_eq!(claimed[0].attempts, 1);
-        assert!(store.claim_runs("w2", 10, Duration::from_secs(30)).await.expect("claim").is_empty());
+        assert!(
+            store
+                .claim_runs("w2", 10, Duration::from_secs(30))
+                .await
+                .expect("claim")
+                .is_empty()
+        );
 
         // A lapsed lease is claimed again; the old claim can no longer finish the run.
-        let short = store.claim_runs("w1", 1, Duration::ZERO).await.expect("none");
+        let short = store
+            .claim_runs("w1", 1, Duration::ZERO)
+            .await
+            .expect("none");
         assert!(short.is_empty());
         let run = &claimed[0];
         assert!(store.renew_lease(run, Duration::ZERO).await.expect("renew"));
         tokio::time::sleep(Duration::from_millis(5)).await;
-        let again = store.claim_runs("w2", 10, Duration::from_secs(30)).await.expect("reclaim");
+        let again = store
+            .claim_runs("w2", 10, Duration::from_secs(30))
+            .await
+            .expect("reclaim");
         assert_eq!(again.len(), 1);
         assert_eq!(again[0].id, run.id);
         assert_eq!(again[0].attempts, 2);
-        assert!(!store.complete_run(run, RunState::Succeeded).await.expect("stale"));
-        assert!(store.complete_run(&again[0], RunState::Succeeded).await.expect("done"));
+        assert!(
+            !store
+                .complete_run(run, RunState::Succeeded)
+                .await
+                .expect("stale")
+        );
+        assert!(
+            store
+                .complete_run(&again[0], RunState::Succeeded)
+                .await
+                .expect("done")
+        );
 
         // Release: back to queued, attempt not counted.
         assert!(store.release_run(&claimed[1]).await.expect("release"));
-        let back = store.claim_run(claimed[1].id, "w3", Duration::from_secs(30)).await.expect("claim one");
+        let back = store
+            .claim_run(claimed[1].id, "w3", Duration::from_secs(30))
+            .await
+            .expect("claim one");
         assert_eq!(back.map(|r| r.attempts), Some(1));
         store.close().await;
         let _ = std::fs::remove_dir_all(dir);
@@ -644,8 +757,16 @@ mod tests {
     async fn steps_failures_dead_letters_and_replay() {
         let dir = temp_dir("store2");
         let store = SqliteStore::open(&dir).await.expect("open");
-        let id = store.enqueue_event(ev("x")).await.expect("enqueue").expect("new");
-        let run = store.claim_run(id, "w", Duration::from_secs(30)).await.expect("claim").expect("claimed");
+        let id = store
+            .enqueue_event(ev("x"))
+            .await
+            .expect("enqueue")
+            .expect("new");
+        let run = store
+            .claim_run(id, "w", Duration::from_secs(30))
+            .await
+            .expect("claim")
+            .expect("claimed");
         let rec = StepRecord {
             step_id: "s1".into(),
             input: Some(json!({"a": 1})),
@@ -655,24 +776,53 @@ mod tests {
             finished_at: Some(now()),
         };
         store.save_step_result(id, &rec).await.expect("save");
-        store.save_step_result(id, &rec).await.expect("save again (idempotent)");
+        store
+            .save_step_result(id, &rec)
+            .await
+            .expect("save again (idempotent)");
         let steps = store.step_results(id).await.expect("steps");
         assert_eq!(steps.len(), 1);
         assert!(steps[0].succeeded());
 
         // Retry later: not claimable before its time.
         let later = now() + time::Duration::hours(1);
-        assert!(store.fail_run(&run, "boom", None, Failure::RetryAt(later)).await.expect("fail"));
-        assert!(store.claim_runs("w", 10, Duration::from_secs(30)).await.expect("claim").is_empty());
-        let listed = store.list_runs(&RunFilter { state: Some(RunState::Failed), ..Default::default() }).await.expect("list");
+        assert!(
+            store
+                .fail_run(&run, "boom", None, Failure::RetryAt(later))
+                .await
+                .expect("fail")
+        );
+        assert!(
+            store
+                .claim_runs("w", 10, Duration::from_secs(30))
+                .await
+                .expect("claim")
+                .is_empty()
+        );
+        let listed = store
+            .list_runs(&RunFilter {
+                state: Some(RunState::Failed),
+                ..Default::default()
+            })
+            .await
+            .expect("list");
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].last_error.as_deref(), Some("boom"));
 
         // Dead letter with the body, then replay.
-        let run = store.claim_run(id, "w", Duration::from_secs(30)).await.expect("claim").expect("claimed");
+        let run = store
+            .claim_run(id, "w", Duration::from_secs(30))
+            .await
+            .expect("claim")
+            .expect("claimed");
         assert_eq!(run.attempts, 2);
         let body = json!({"message": "Contact not found"});
-        assert!(store.fail_run(&run, "404", Some(&body), Failure::Dead).await.expect("dead"));
+        assert!(
+            store
+                .fail_run(&run, "404", Some(&body), Failure::Dead)
+                .await
+                .expect("dead")
+        );
         let detail = store.run_detail(id).await.expect("detail").expect("exists");
         assert_eq!(detail.run.state, RunState::Dead);
         assert_eq!(detail.error_body, Some(body));
@@ -681,12 +831,22 @@ mod tests {
 
         let replays = store.replay_dead(Some("f")).await.expect("replay");
         assert_eq!(replays.len(), 1);
-        assert!(store.replay_dead(None).await.expect("again").is_empty(), "replayed only once");
-        let new = store.run_detail(replays[0]).await.expect("detail").expect("exists");
+        assert!(
+            store.replay_dead(None).await.expect("again").is_empty(),
+            "replayed only once"
+        );
+        let new = store
+            .run_detail(replays[0])
+            .await
+            .expect("detail")
+            .expect("exists");
         assert_eq!(new.run.replay_of, Some(id));
         assert_eq!(new.run.state, RunState::Queued);
         assert!(new.steps.is_empty());
-        assert!(matches!(store.replay(replays[0]).await, Err(StoreError::Conflict(_))));
+        assert!(matches!(
+            store.replay(replays[0]).await,
+            Err(StoreError::Conflict(_))
+        ));
         let counts = store.count_runs(None).await.expect("counts");
         assert_eq!(counts, vec![(RunState::Dead, 1), (RunState::Queued, 1)]);
         store.close().await;
@@ -699,9 +859,20 @@ mod tests {
         let store = SqliteStore::open(&dir).await.expect("open");
         let mut e = ev("poll:f:1");
         e.seen_key = Some("1".into());
-        assert!(store.enqueue_event(e.clone()).await.expect("first").is_some());
+        assert!(
+            store
+                .enqueue_event(e.clone())
+                .await
+                .expect("first")
+                .is_some()
+        );
         e.dedupe_key = "poll:f:1:other".into();
-        assert!(store.enqueue_event(e).await.expect("seen").is_none(), "seen item skipped");
+        assert!(
+            store.enqueue_event(e).await.expect("seen").is_none(),
+            "seen item skipped"
+        );
+        let keys = vec!["1".to_owned(), "2".to_owned()];
+        assert_eq!(store.mark_seen("f", &keys).await.expect("mark"), 1);
         assert_eq!(store.get_cursor("f", "loc").await.expect("get"), None);
         let c = Cursor {
             cursor: Some(json!({"page": 2})),
@@ -709,8 +880,14 @@ mod tests {
         };
         store.set_cursor("f", "loc", &c).await.expect("set");
         assert_eq!(store.get_cursor("f", "loc").await.expect("get"), Some(c));
-        store.upsert_flow("f", Some("F"), &json!({"id": "f"}), true).await.expect("flow");
-        store.upsert_flow("f", None, &json!({"id": "f"}), false).await.expect("flow again");
+        store
+            .upsert_flow("f", Some("F"), &json!({"id": "f"}), true)
+            .await
+            .expect("flow");
+        store
+            .upsert_flow("f", None, &json!({"id": "f"}), false)
+            .await
+            .expect("flow again");
         store.close().await;
         // Reopening runs no migration twice.
         let store = SqliteStore::open(&dir).await.expect("reopen");

@@ -1,1 +1,7 @@
-//! Integration tests of the engine: store and runner end to end.
+//! Integration tests of the engine: store, runner and triggers end to end, against a fake
+//! HighLevel ([`fake::FakeHighLevel`]) and a local HTTP receiver.
+
+mod fake;
+mod runner;
+mod sandbox;
+mod triggers;

@@ -407,7 +407,10 @@ mod tests {
 
     #[test]
     fn catalog_counts() {
-        let triggers = OPERATIONS.iter().filter(|o| o.kind == Kind::Trigger).count();
+        let triggers = OPERATIONS
+            .iter()
+            .filter(|o| o.kind == Kind::Trigger)
+            .count();
         let actions = OPERATIONS.iter().filter(|o| o.kind == Kind::Action).count();
         let cats: HashSet<_> = OPERATIONS.iter().map(|o| o.category).collect();
         assert!(OPERATIONS.len() >= 126, "{}", OPERATIONS.len());
@@ -454,9 +457,18 @@ mod tests {
 
     #[test]
     fn suggestions_find_the_near_miss() {
-        assert_eq!(suggest("contacts.tag.add", 3).first(), Some(&"contacts.tags.add"));
+        assert_eq!(
+            suggest("contacts.tag.add", 3).first(),
+            Some(&"contacts.tags.add")
+        );
         assert!(suggest("contact.get", 3).contains(&"contacts.get"));
-        assert_eq!(Category::parse("Calendars & Appointments"), Some(Category::CalendarsAppointments));
-        assert_eq!(Category::parse("forms_surveys"), Some(Category::FormsSurveys));
+        assert_eq!(
+            Category::parse("Calendars & Appointments"),
+            Some(Category::CalendarsAppointments)
+        );
+        assert_eq!(
+            Category::parse("forms_surveys"),
+            Some(Category::FormsSurveys)
+        );
     }
 }

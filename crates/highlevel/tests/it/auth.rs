@@ -102,8 +102,14 @@ impl TokenStore for SlowStore {
                     permanent: false,
                 });
             }
-            self.saved_refresh.lock().unwrap().push(tokens.refresh_token.clone());
-            self.saved_access.lock().unwrap().insert(tokens.access_token);
+            self.saved_refresh
+                .lock()
+                .unwrap()
+                .push(tokens.refresh_token.clone());
+            self.saved_access
+                .lock()
+                .unwrap()
+                .insert(tokens.access_token);
             Ok(())
         })
     }
@@ -171,22 +177,47 @@ async fn hundred_calls(s: &Setup) -> Vec<Result<hlbridge_highlevel::Response, Er
 
 #[tokio::test]
 async fn expired_token_is_refreshed_once_for_a_hundred_concurrent_calls() {
-    let s = setup("at-0", tokens("at-0", "rt-0", time::Duration::seconds(-10)), false).await;
+    let s = setup(
+        "at-0",
+        tokens("at-0", "rt-0", time::Duration::seconds(-10)),
+        false,
+    )
+    .await;
     let results = hundred_calls(&s).await;
-    assert!(results.iter().all(Result::is_ok), "{:?}", results.iter().find(|r| r.is_err()));
-    assert_eq!(s.server.refreshes.load(Ordering::SeqCst), 1, "exactly one refresh");
+    assert!(
+        results.iter().all(Result::is_ok),
+        "{:?}",
+        results.iter().find(|r| r.is_err())
+    );
+    assert_eq!(
+        s.server.refreshes.load(Ordering::SeqCst),
+        1,
+        "exactly one refresh"
+    );
     assert_eq!(s.stub.requests_to("/oauth/token").len(), 1);
     assert_eq!(s.server.used_before_saved.load(Ordering::SeqCst), 0);
     assert_eq!(s.server.api_ok.load(Ordering::SeqCst), 100);
-    assert_eq!(*s.store.saved_refresh.lock().unwrap(), vec!["rt-1".to_string()]);
+    assert_eq!(
+        *s.store.saved_refresh.lock().unwrap(),
+        vec!["rt-1".to_string()]
+    );
     let cur = s.source.current();
-    assert_eq!((cur.access_token.as_str(), cur.refresh_token.as_str()), ("at-1", "rt-1"));
+    assert_eq!(
+        (cur.access_token.as_str(), cur.refresh_token.as_str()),
+        ("at-1", "rt-1")
+    );
     assert_eq!(cur.company_id.as_deref(), Some("C1"));
     // The refresh form.
     let form = s.server.forms.lock().unwrap()[0].clone();
-    assert_eq!(form.get("grant_type").map(String::as_str), Some("refresh_token"));
+    assert_eq!(
+        form.get("grant_type").map(String::as_str),
+        Some("refresh_token")
+    );
     assert_eq!(form.get("client_id").map(String::as_str), Some("client-id"));
-    assert_eq!(form.get("client_secret").map(String::as_str), Some("client-secret"));
+    assert_eq!(
+        form.get("client_secret").map(String::as_str),
+        Some("client-secret")
+    );
     assert_eq!(form.get("refresh_token").map(String::as_str), Some("rt-0"));
     assert_eq!(form.get("user_type").map(String::as_str), Some("Location"));
     let token_req = &s.stub.requests_to("/oauth/token")[0];
@@ -201,21 +232,55 @@ async fn expired_token_is_refreshed_once_for_a_hundred_concurrent_calls() {
 #[tokio::test]
 async fn rejected_token_is_refreshed_once_for_a_hundred_concurrent_calls() {
     // Not expired by our clock, but the server no longer accepts it.
-    let s = setup("at-revoked", tokens("at-0", "rt-0", time::Duration::hours(2)), false).await;
+    let s = setup(
+        "at-revoked",
+        tokens("at-0", "rt-0", time::Duration::hours(2)),
+        false,
+    )
+    .await;
     let results = hundred_calls(&s).await;
-    assert!(results.iter().all(Result::is_ok), "{:?}", results.iter().find(|r| r.is_err()));
-    assert_eq!(s.server.refreshes.load(Ordering::SeqCst), 1, "exactly one refresh");
+    assert!(
+        results.iter().all(Result::is_ok),
+        "{:?}",
+        results.iter().find(|r| r.is_err())
+    );
+    assert_eq!(
+        s.server.refreshes.load(Ordering::SeqCst),
+        1,
+        "exactly one refresh"
+    );
     assert_eq!(s.server.rejected_refreshes.load(Ordering::SeqCst), 0);
     assert_eq!(s.server.used_before_saved.load(Ordering::SeqCst), 0);
-    assert_eq!(*s.store.saved_refresh.lock().unwrap(), vec!["rt-1".to_string()]);
-    let by_token = |t: &str| s.stub.requests().iter().filter(|r| r.bearer() == Some(t)).count();
-    assert_eq!(by_token("at-1"), 100, "every call retried once with the new token");
+    assert_eq!(
+        *s.store.saved_refresh.lock().unwrap(),
+        vec!["rt-1".to_string()]
+    );
+    let by_token = |t: &str| {
+        s.stub
+            .requests()
+            .iter()
+            .filter(|r| r.bearer() == Some(t))
+            .count()
+    };
+    assert_eq!(
+        by_token("at-1"),
+        100,
+        "every call retried once with the new token"
+    );
 }
 
 #[tokio::test]
 async fn old_refresh_token_is_rejected_and_the_error_is_permanent() {
-    let s = setup("at-0", tokens("at-0", "rt-0", time::Duration::seconds(-10)), false).await;
-    s.source.access_token().await.expect("first refresh rotates rt-0 to rt-1");
+    let s = setup(
+        "at-0",
+        tokens("at-0", "rt-0", time::Duration::seconds(-10)),
+        false,
+    )
+    .await;
+    s.source
+        .access_token()
+        .await
+        .expect("first refresh rotates rt-0 to rt-1");
     // A second copy of the connection that still holds rt-0 (e.g. a stale process).
     let stale = OAuthTokenSource::new(
         s.stub.base.clone(),
@@ -242,14 +307,39 @@ async fn old_refresh_token_is_rejected_and_the_error_is_permanent() {
 
 #[tokio::test]
 async fn unsaved_tokens_are_never_used_and_saving_is_retried_without_a_second_refresh() {
-    let s = setup("at-0", tokens("at-0", "rt-0", time::Duration::seconds(-10)), true).await;
+    let s = setup(
+        "at-0",
+        tokens("at-0", "rt-0", time::Duration::seconds(-10)),
+        true,
+    )
+    .await;
     let err = s.source.access_token().await.expect_err("save failed");
-    assert!(matches!(err, Error::TokenRefresh { permanent: false, .. }), "{err:?}");
-    assert_eq!(s.source.current().access_token, "at-0", "unsaved tokens are not in use");
+    assert!(
+        matches!(
+            err,
+            Error::TokenRefresh {
+                permanent: false,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(
+        s.source.current().access_token,
+        "at-0",
+        "unsaved tokens are not in use"
+    );
     let t = s.source.access_token().await.expect("saving is retried");
     assert_eq!(t, "at-1");
-    assert_eq!(s.server.refreshes.load(Ordering::SeqCst), 1, "no second refresh");
-    assert_eq!(*s.store.saved_refresh.lock().unwrap(), vec!["rt-1".to_string()]);
+    assert_eq!(
+        s.server.refreshes.load(Ordering::SeqCst),
+        1,
+        "no second refresh"
+    );
+    assert_eq!(
+        *s.store.saved_refresh.lock().unwrap(),
+        vec!["rt-1".to_string()]
+    );
 }
 
 #[tokio::test]
@@ -283,5 +373,9 @@ async fn second_unauthorized_is_final() {
         .expect_err("401 twice");
     assert_eq!(err.status(), Some(401));
     assert_eq!(server.refreshes.load(Ordering::SeqCst), 1);
-    assert_eq!(stub.requests_to("/contacts/c").len(), 2, "one retry after the refresh");
+    assert_eq!(
+        stub.requests_to("/contacts/c").len(),
+        2,
+        "one retry after the refresh"
+    );
 }

@@ -76,7 +76,11 @@ async fn missing_parameters_are_all_named_and_nothing_is_sent() {
     let stub = Stub::start(|_| Reply::json(json!({}))).await;
     let client = stub.client();
     let err = client
-        .call(&Auth::token("t"), op("contacts.tasks.create"), &json!({"title": "call back"}))
+        .call(
+            &Auth::token("t"),
+            op("contacts.tasks.create"),
+            &json!({"title": "call back"}),
+        )
         .await
         .expect_err("missing params");
     match &err {
@@ -104,11 +108,17 @@ async fn unknown_operation_suggests() {
     match &err {
         Error::UnknownOperation { id, suggestions } => {
             assert_eq!(id, "contacts.tag.add");
-            assert_eq!(suggestions.first().map(String::as_str), Some("contacts.tags.add"));
+            assert_eq!(
+                suggestions.first().map(String::as_str),
+                Some("contacts.tags.add")
+            );
         }
         other => panic!("unexpected {other:?}"),
     }
-    assert!(err.to_string().starts_with("unknown operation 'contacts.tag.add'; did you mean: contacts.tags.add"));
+    assert!(
+        err.to_string()
+            .starts_with("unknown operation 'contacts.tag.add'; did you mean: contacts.tags.add")
+    );
 }
 
 #[tokio::test]
@@ -121,12 +131,20 @@ async fn too_many_requests_with_retry_after_is_retried() {
     let start = Instant::now();
     let r = stub
         .client()
-        .call(&Auth::token("t"), op("contacts.create"), &json!({"locationId": "L", "firstName": "A"}))
+        .call(
+            &Auth::token("t"),
+            op("contacts.create"),
+            &json!({"locationId": "L", "firstName": "A"}),
+        )
         .await
         .expect("succeeds after the wait");
     assert_eq!(r.status, 200);
     assert_eq!(stub.count(), 2, "POST is retried after a 429");
-    assert!(start.elapsed() >= Duration::from_millis(990), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() >= Duration::from_millis(990),
+        "{:?}",
+        start.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -140,11 +158,19 @@ async fn too_many_requests_with_only_interval_header_waits_that_long() {
     .await;
     let start = Instant::now();
     stub.client()
-        .call(&Auth::token("t"), op("contacts.get"), &json!({"contactId": "c"}))
+        .call(
+            &Auth::token("t"),
+            op("contacts.get"),
+            &json!({"contactId": "c"}),
+        )
         .await
         .expect("succeeds");
     assert_eq!(stub.count(), 3);
-    assert!(start.elapsed() >= Duration::from_millis(600), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() >= Duration::from_millis(600),
+        "{:?}",
+        start.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -152,7 +178,11 @@ async fn too_many_requests_without_headers_backs_off_and_succeeds() {
     let stub = Stub::start(failing_then_ok(3, Reply::status(429, Value::Null))).await;
     let r = stub
         .client()
-        .call(&Auth::token("t"), op("contacts.get"), &json!({"contactId": "c"}))
+        .call(
+            &Auth::token("t"),
+            op("contacts.get"),
+            &json!({"contactId": "c"}),
+        )
         .await
         .expect("succeeds on the 4th attempt");
     assert_eq!(r.status, 200);
@@ -164,7 +194,11 @@ async fn too_many_requests_give_up_after_max_attempts() {
     let stub = Stub::start(|_| Reply::status(429, json!({"message": "no"}))).await;
     let err = stub
         .client()
-        .call(&Auth::token("t"), op("contacts.get"), &json!({"contactId": "c"}))
+        .call(
+            &Auth::token("t"),
+            op("contacts.get"),
+            &json!({"contactId": "c"}),
+        )
         .await
         .expect_err("gives up");
     assert_eq!(err.status(), Some(429));
@@ -181,16 +215,25 @@ async fn server_errors_are_retried_for_get_only() {
     .await;
     let client = stub.client();
     let r = client
-        .call(&Auth::token("t"), op("contacts.get"), &json!({"contactId": "c"}))
+        .call(
+            &Auth::token("t"),
+            op("contacts.get"),
+            &json!({"contactId": "c"}),
+        )
         .await
         .expect("GET is retried");
     assert_eq!(r.status, 200);
     assert_eq!(stub.count(), 3);
 
-    let stub = Stub::start(|_| Reply::status(500, json!({"message": "boom", "traceId": "t5"}))).await;
+    let stub =
+        Stub::start(|_| Reply::status(500, json!({"message": "boom", "traceId": "t5"}))).await;
     let err = stub
         .client()
-        .call(&Auth::token("t"), op("contacts.create"), &json!({"locationId": "L"}))
+        .call(
+            &Auth::token("t"),
+            op("contacts.create"),
+            &json!({"locationId": "L"}),
+        )
         .await
         .expect_err("POST is not retried");
     assert_eq!(stub.count(), 1);
@@ -208,13 +251,21 @@ async fn timeouts_are_retried_for_get_not_for_post() {
         move |_: &crate::stub::Req| {
             let i = n.fetch_add(1, Ordering::SeqCst);
             let r = Reply::json(json!({"ok": i}));
-            if i < delay_first { r.delay(Duration::from_millis(800)) } else { r }
+            if i < delay_first {
+                r.delay(Duration::from_millis(800))
+            } else {
+                r
+            }
         }
     };
     let stub = Stub::start(slow_first(1)).await;
     let client = stub.client_with(|c| c.timeout = Duration::from_millis(200));
     let r = client
-        .call(&Auth::token("t"), op("contacts.get"), &json!({"contactId": "c"}))
+        .call(
+            &Auth::token("t"),
+            op("contacts.get"),
+            &json!({"contactId": "c"}),
+        )
         .await
         .expect("GET retried after a timeout");
     assert_eq!(r.body["ok"], 1);
@@ -222,18 +273,34 @@ async fn timeouts_are_retried_for_get_not_for_post() {
     let stub = Stub::start(slow_first(1)).await;
     let client = stub.client_with(|c| c.timeout = Duration::from_millis(200));
     let err = client
-        .call(&Auth::token("t"), op("contacts.create"), &json!({"locationId": "L"}))
+        .call(
+            &Auth::token("t"),
+            op("contacts.create"),
+            &json!({"locationId": "L"}),
+        )
         .await
         .expect_err("POST not retried after a timeout");
     assert!(matches!(err, Error::Transport { .. }), "{err:?}");
-    assert!(err.to_string().starts_with("contacts.create: request to HighLevel failed: timed out"), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("contacts.create: request to HighLevel failed: timed out"),
+        "{err}"
+    );
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(stub.count(), 1);
 }
 
 #[tokio::test]
 async fn client_errors_are_final_and_carry_status_message_operation_trace() {
-    let cases: Vec<(u16, Reply, &str, Vec<&str>, Option<&str>)> = vec![
+    // (status, reply, message, messages, traceId)
+    type Case = (
+        u16,
+        Reply,
+        &'static str,
+        Vec<&'static str>,
+        Option<&'static str>,
+    );
+    let cases: Vec<Case> = vec![
         (
             400,
             Reply::status(400, json!({"statusCode": 400, "message": "Bad locationId"})),
@@ -271,7 +338,11 @@ async fn client_errors_are_final_and_carry_status_message_operation_trace() {
         let stub = Stub::start(move |_| reply.clone()).await;
         let err = stub
             .client()
-            .call(&Auth::token("t"), op("contacts.get"), &json!({"contactId": "c"}))
+            .call(
+                &Auth::token("t"),
+                op("contacts.get"),
+                &json!({"contactId": "c"}),
+            )
             .await
             .expect_err("error answer");
         assert_eq!(stub.count(), 1, "{status} must not be retried");
@@ -284,12 +355,19 @@ async fn client_errors_are_final_and_carry_status_message_operation_trace() {
         assert_eq!(api.trace_id.as_deref(), trace);
     }
     let stub = Stub::start(|_| {
-        Reply::status(404, json!({"statusCode": 404, "message": "Contact not found", "traceId": "abc"}))
+        Reply::status(
+            404,
+            json!({"statusCode": 404, "message": "Contact not found", "traceId": "abc"}),
+        )
     })
     .await;
     let err = stub
         .client()
-        .call(&Auth::token("t"), op("contacts.get"), &json!({"contactId": "c"}))
+        .call(
+            &Auth::token("t"),
+            op("contacts.get"),
+            &json!({"contactId": "c"}),
+        )
         .await
         .expect_err("404");
     assert_eq!(
@@ -303,7 +381,11 @@ async fn unauthorized_with_a_static_token_is_final() {
     let stub = Stub::start(|_| Reply::status(401, json!({"message": "Invalid JWT"}))).await;
     let err = stub
         .client()
-        .call(&Auth::token("t"), op("contacts.get"), &json!({"contactId": "c"}))
+        .call(
+            &Auth::token("t"),
+            op("contacts.get"),
+            &json!({"contactId": "c"}),
+        )
         .await
         .expect_err("401");
     assert_eq!(err.status(), Some(401));
@@ -343,7 +425,11 @@ async fn daily_budget_exhausted_stops_without_sending() {
     assert_eq!(client.budget("L1").map(|b| b.daily_remaining), Some(0));
     // Another location has its own budget.
     client
-        .call(&auth, op("contacts.get"), &json!({"contactId": "c", "locationId": "L2"}))
+        .call(
+            &auth,
+            op("contacts.get"),
+            &json!({"contactId": "c", "locationId": "L2"}),
+        )
         .await
         .expect("L2 still has budget");
 }
@@ -358,7 +444,11 @@ async fn too_many_requests_with_no_daily_budget_is_not_retried() {
     .await;
     let err = stub
         .client()
-        .call(&Auth::token("t"), op("contacts.get"), &json!({"contactId": "c", "locationId": "L"}))
+        .call(
+            &Auth::token("t"),
+            op("contacts.get"),
+            &json!({"contactId": "c", "locationId": "L"}),
+        )
         .await
         .expect_err("exhausted");
     assert!(matches!(err, Error::DailyBudgetExhausted { .. }), "{err:?}");
@@ -392,8 +482,28 @@ async fn non_json_and_empty_bodies() {
     let client = stub.client_with(|c| c.retry.max_attempts = 1);
     let auth = Auth::token("t");
     let p = json!({"contactId": "c"});
-    assert_eq!(client.call(&auth, op("contacts.delete"), &p).await.expect("204").body, Value::Null);
-    assert_eq!(client.call(&auth, op("contacts.get"), &p).await.expect("text").body, json!("OK"));
-    let err = client.call(&auth, op("contacts.get"), &p).await.expect_err("502");
-    assert_eq!(err.api().map(|a| a.message.as_str()), Some("<html>bad gateway</html>"));
+    assert_eq!(
+        client
+            .call(&auth, op("contacts.delete"), &p)
+            .await
+            .expect("204")
+            .body,
+        Value::Null
+    );
+    assert_eq!(
+        client
+            .call(&auth, op("contacts.get"), &p)
+            .await
+            .expect("text")
+            .body,
+        json!("OK")
+    );
+    let err = client
+        .call(&auth, op("contacts.get"), &p)
+        .await
+        .expect_err("502");
+    assert_eq!(
+        err.api().map(|a| a.message.as_str()),
+        Some("<html>bad gateway</html>")
+    );
 }

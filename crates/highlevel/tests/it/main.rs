@@ -6,4 +6,5 @@ mod auth;
 mod client;
 mod pacing;
 mod paginate;
+mod spec_conformance;
 mod stub;

@@ -43,7 +43,11 @@ async fn two_hundred_fifty_calls_get_no_429() {
         let auth = auth.clone();
         async move {
             client
-                .call(&auth, op, &json!({"contactId": format!("c{i}"), "locationId": "L1"}))
+                .call(
+                    &auth,
+                    op,
+                    &json!({"contactId": format!("c{i}"), "locationId": "L1"}),
+                )
                 .await
         }
     }))
@@ -79,7 +83,10 @@ async fn locations_have_separate_budgets() {
     }))
     .await;
     assert!(results.iter().all(Result::is_ok));
-    assert!(start.elapsed() < Duration::from_secs(2), "no waiting: 50 each");
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "no waiting: 50 each"
+    );
     assert_eq!(client.budget("A").map(|b| b.burst_remaining), Some(0));
     assert_eq!(client.budget("B").map(|b| b.burst_remaining), Some(0));
     assert!(client.budget("C").is_none());
@@ -91,7 +98,11 @@ async fn token_pacing_key_is_used_without_location_param() {
     let client = paced(&stub, 100, Duration::from_secs(1));
     let op = operations::find("contacts.get").expect("op");
     client
-        .call(&Auth::token_for("t", "LOC-T"), op, &json!({"contactId": "c"}))
+        .call(
+            &Auth::token_for("t", "LOC-T"),
+            op,
+            &json!({"contactId": "c"}),
+        )
         .await
         .expect("ok");
     client
@@ -119,5 +130,9 @@ async fn server_reporting_fewer_remaining_slows_us_down() {
     client.call(&auth, op, &p).await.expect("ok");
     let start = Instant::now();
     client.call(&auth, op, &p).await.expect("ok");
-    assert!(start.elapsed() >= Duration::from_millis(900), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        start.elapsed()
+    );
 }

@@ -48,11 +48,7 @@ fn slice(items: &[Value], start: usize, len: usize) -> Vec<Value> {
     items.iter().skip(start).take(len).cloned().collect()
 }
 
-async fn collect(
-    stub: &Stub,
-    op_id: &str,
-    params: Value,
-) -> (Vec<Value>, Option<Error>) {
+async fn collect(stub: &Stub, op_id: &str, params: Value) -> (Vec<Value>, Option<Error>) {
     let client = stub.client();
     let op = operations::find(op_id).expect("op");
     let mut stream = Box::pin(client.paginate(&Auth::token("t"), op, params));
@@ -119,9 +115,15 @@ async fn start_after_id_three_pages_keep_location_and_filters() {
     }
     assert_eq!(reqs[0].q("startAfterId"), None);
     assert_eq!(reqs[1].q("startAfterId"), Some("i001"));
-    assert_eq!(reqs[1].q("startAfter"), Some((T0_MS + 1000).to_string().as_str()));
+    assert_eq!(
+        reqs[1].q("startAfter"),
+        Some((T0_MS + 1000).to_string().as_str())
+    );
     assert_eq!(reqs[2].q("startAfterId"), Some("i003"));
-    assert_eq!(reqs[2].q("startAfter"), Some((T0_MS + 3000).to_string().as_str()));
+    assert_eq!(
+        reqs[2].q("startAfter"),
+        Some((T0_MS + 3000).to_string().as_str())
+    );
     assert_no_page_twice(&reqs);
 }
 
@@ -155,7 +157,11 @@ async fn start_after_id_uses_meta_and_stops_on_null_next_page_url() {
     assert!(err.is_none(), "{err:?}");
     assert_eq!(ids(&items), ids(&all));
     let reqs = stub.requests();
-    assert_eq!(reqs.len(), 3, "a null nextPageUrl ends it without an extra request");
+    assert_eq!(
+        reqs.len(),
+        3,
+        "a null nextPageUrl ends it without an extra request"
+    );
     for r in &reqs {
         assert_eq!(r.q("location_id"), Some("L1"));
         assert_eq!(r.q("status"), Some("open"));
@@ -175,14 +181,24 @@ async fn skip_limit_in_query() {
         Reply::json(json!({"businesses": slice(&d, skip, limit)}))
     })
     .await;
-    let (items, err) =
-        collect(&stub, "businesses.list", json!({"locationId": "L1", "limit": "3"})).await;
+    let (items, err) = collect(
+        &stub,
+        "businesses.list",
+        json!({"locationId": "L1", "limit": "3"}),
+    )
+    .await;
     assert!(err.is_none(), "{err:?}");
     assert_eq!(ids(&items), ids(&all));
     let reqs = stub.requests();
-    let skips: Vec<_> = reqs.iter().map(|r| r.q("skip").unwrap_or("-").to_string()).collect();
+    let skips: Vec<_> = reqs
+        .iter()
+        .map(|r| r.q("skip").unwrap_or("-").to_string())
+        .collect();
     assert_eq!(skips, ["0", "3", "6"]);
-    assert!(reqs.iter().all(|r| r.q("locationId") == Some("L1") && r.q("limit") == Some("3")));
+    assert!(
+        reqs.iter()
+            .all(|r| r.q("locationId") == Some("L1") && r.q("limit") == Some("3"))
+    );
     assert_no_page_twice(&reqs);
 }
 
@@ -234,9 +250,15 @@ async fn offset_limit() {
     assert!(err.is_none(), "{err:?}");
     assert_eq!(ids(&items), ids(&all));
     let reqs = stub.requests();
-    let offs: Vec<_> = reqs.iter().map(|r| r.q("offset").unwrap_or("-").to_string()).collect();
+    let offs: Vec<_> = reqs
+        .iter()
+        .map(|r| r.q("offset").unwrap_or("-").to_string())
+        .collect();
     assert_eq!(offs, ["0", "2", "4"]);
-    assert!(reqs.iter().all(|r| r.q("search") == Some("shoe") && r.q("locationId") == Some("L1")));
+    assert!(
+        reqs.iter()
+            .all(|r| r.q("search") == Some("shoe") && r.q("locationId") == Some("L1"))
+    );
 }
 
 #[tokio::test]
@@ -262,9 +284,15 @@ async fn page_limit_with_meta() {
     assert!(err.is_none(), "{err:?}");
     assert_eq!(ids(&items), ids(&all));
     let reqs = stub.requests();
-    let pages: Vec<_> = reqs.iter().map(|r| r.q("page").unwrap_or("-").to_string()).collect();
+    let pages: Vec<_> = reqs
+        .iter()
+        .map(|r| r.q("page").unwrap_or("-").to_string())
+        .collect();
     assert_eq!(pages, ["1", "2", "3"]);
-    assert!(reqs.iter().all(|r| r.q("formId") == Some("F1") && r.q("locationId") == Some("L1")));
+    assert!(
+        reqs.iter()
+            .all(|r| r.q("formId") == Some("F1") && r.q("locationId") == Some("L1"))
+    );
 }
 
 #[tokio::test]
@@ -326,7 +354,10 @@ async fn search_after_without_item_cursor_pages_by_number() {
     let reqs = stub.requests();
     let pages: Vec<_> = reqs.iter().map(|r| r.body["page"].clone()).collect();
     assert_eq!(pages, [json!(1), json!(2), json!(3)]);
-    assert!(reqs.iter().all(|r| r.body["query"] == "name:Buddy" && r.body["searchAfter"] == json!([])));
+    assert!(
+        reqs.iter()
+            .all(|r| r.body["query"] == "name:Buddy" && r.body["searchAfter"] == json!([]))
+    );
 }
 
 #[tokio::test]
@@ -335,7 +366,10 @@ async fn start_after_date() {
     let d = all.clone();
     let stub = Stub::start(move |r| {
         let limit = r.num("limit").unwrap_or(20);
-        let after: i64 = r.param("startAfterDate").and_then(|v| v.parse().ok()).unwrap_or(0);
+        let after: i64 = r
+            .param("startAfterDate")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
         let rest: Vec<Value> = d
             .iter()
             .filter(|i| i["sort"][0].as_i64().unwrap_or(0) > after)
@@ -355,8 +389,14 @@ async fn start_after_date() {
     assert_eq!(ids(&items), ids(&all));
     let reqs = stub.requests();
     assert_eq!(reqs.len(), 3);
-    assert!(reqs.iter().all(|r| r.q("status") == Some("unread") && r.q("locationId") == Some("L1")));
-    assert_eq!(reqs[1].q("startAfterDate"), Some((T0_MS + 1000).to_string().as_str()));
+    assert!(
+        reqs.iter()
+            .all(|r| r.q("status") == Some("unread") && r.q("locationId") == Some("L1"))
+    );
+    assert_eq!(
+        reqs[1].q("startAfterDate"),
+        Some((T0_MS + 1000).to_string().as_str())
+    );
     assert_eq!(reqs[0].header("version"), Some("2021-04-15"));
 }
 
@@ -385,9 +425,15 @@ async fn last_message_id() {
     assert_eq!(ids(&items), ids(&all));
     let reqs = stub.requests();
     assert_eq!(reqs.len(), 3);
-    assert!(reqs.iter().all(|r| r.path == "/prefix/conversations/conv1/messages"));
+    assert!(
+        reqs.iter()
+            .all(|r| r.path == "/prefix/conversations/conv1/messages")
+    );
     assert!(reqs.iter().all(|r| r.q("type") == Some("TYPE_SMS")));
-    let cursors: Vec<_> = reqs.iter().map(|r| r.q("lastMessageId").map(str::to_string)).collect();
+    let cursors: Vec<_> = reqs
+        .iter()
+        .map(|r| r.q("lastMessageId").map(str::to_string))
+        .collect();
     assert_eq!(cursors, [None, Some("i001".into()), Some("i003".into())]);
 }
 
@@ -432,8 +478,12 @@ async fn cursor_that_does_not_advance_is_an_error_not_a_loop() {
 async fn server_ignoring_skip_is_an_error_not_a_loop() {
     let page = data(3);
     let stub = Stub::start(move |_| Reply::json(json!({"businesses": page}))).await;
-    let (items, err) =
-        collect(&stub, "businesses.list", json!({"locationId": "L1", "limit": 3})).await;
+    let (items, err) = collect(
+        &stub,
+        "businesses.list",
+        json!({"locationId": "L1", "limit": 3}),
+    )
+    .await;
     let err = err.expect("stops");
     assert!(err.to_string().contains("same page twice"), "{err}");
     assert_eq!(items.len(), 3, "the repeated page is not emitted");
@@ -445,14 +495,21 @@ async fn server_capping_the_page_size_loses_nothing() {
     let all = data(120);
     let d = all.clone();
     let stub = Stub::start(move |r| {
-        let (off, limit) = (r.num("offset").unwrap_or(0), r.num("limit").unwrap_or(10).min(50));
+        let (off, limit) = (
+            r.num("offset").unwrap_or(0),
+            r.num("limit").unwrap_or(10).min(50),
+        );
         Reply::json(json!({"products": slice(&d, off, limit), "total": d.len()}))
     })
     .await;
     let (items, err) = collect(&stub, "products.list", json!({"locationId": "L1"})).await;
     assert!(err.is_none(), "{err:?}");
     assert_eq!(items.len(), 120);
-    let offs: Vec<_> = stub.requests().iter().map(|r| r.q("offset").unwrap_or("-").to_string()).collect();
+    let offs: Vec<_> = stub
+        .requests()
+        .iter()
+        .map(|r| r.q("offset").unwrap_or("-").to_string())
+        .collect();
     assert_eq!(offs, ["0", "50", "100"]);
 }
 
@@ -463,12 +520,19 @@ async fn error_on_a_later_page_ends_the_stream_after_the_good_items() {
         if n.fetch_add(1, Ordering::SeqCst) == 0 {
             Reply::json(json!({"businesses": data(2)}))
         } else {
-            Reply::status(404, json!({"message": "Location not found", "traceId": "t2"}))
+            Reply::status(
+                404,
+                json!({"message": "Location not found", "traceId": "t2"}),
+            )
         }
     })
     .await;
-    let (items, err) =
-        collect(&stub, "businesses.list", json!({"locationId": "L1", "limit": 2})).await;
+    let (items, err) = collect(
+        &stub,
+        "businesses.list",
+        json!({"locationId": "L1", "limit": 2}),
+    )
+    .await;
     assert_eq!(items.len(), 2);
     assert_eq!(err.and_then(|e| e.status()), Some(404));
 }

@@ -85,7 +85,11 @@ impl Reply {
         Reply {
             status,
             headers: vec![("content-type".into(), "application/json".into())],
-            body: if v.is_null() { String::new() } else { v.to_string() },
+            body: if v.is_null() {
+                String::new()
+            } else {
+                v.to_string()
+            },
             delay: None,
         }
     }
@@ -127,7 +131,11 @@ async fn handle(
         path: uri.path().to_string(),
         query: uri
             .query()
-            .map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+            .map(|q| {
+                url::form_urlencoded::parse(q.as_bytes())
+                    .into_owned()
+                    .collect()
+            })
             .unwrap_or_default(),
         headers: headers
             .iter()
@@ -166,9 +174,7 @@ impl Stub {
             handler: Box::new(handler),
             requests: Mutex::new(Vec::new()),
         });
-        let app = Router::new()
-            .fallback(handle)
-            .with_state(state.clone());
+        let app = Router::new().fallback(handle).with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind 127.0.0.1:0");

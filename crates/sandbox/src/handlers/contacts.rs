@@ -234,23 +234,19 @@ fn find_match(
     let email = email.map(|e| e.trim().to_lowercase()).filter(|e| !e.is_empty());
     let phone = phone.map(normalize_phone).filter(|p| !p.is_empty());
     for field in order {
-        let hit = match field.as_str() {
-            "email" => email.as_ref().and_then(|e| {
-                ctx.list(CONTACT, location_id)
-                    .into_iter()
-                    .find(|c| c.get("emailLowerCase").and_then(Value::as_str) == Some(e))
-                    .map(|c| (c, "email"))
-            }),
-            "phone" => phone.as_ref().and_then(|p| {
-                ctx.list(CONTACT, location_id)
-                    .into_iter()
-                    .find(|c| c.get("phone").and_then(Value::as_str) == Some(p))
-                    .map(|c| (c, "phone"))
-            }),
-            _ => None,
+        let (key, value) = match field.as_str() {
+            "email" => ("emailLowerCase", email.as_deref()),
+            "phone" => ("phone", phone.as_deref()),
+            _ => continue,
         };
-        if hit.is_some() {
-            return hit;
+        let Some(value) = value else { continue };
+        let hit = ctx
+            .docs()
+            .find_by(CONTACT, key, value)
+            .into_iter()
+            .find(|d| d.location_id.as_deref() == Some(location_id));
+        if let Some(doc) = hit {
+            return Some((doc.body.clone(), if key == "phone" { "phone" } else { "email" }));
         }
     }
     None

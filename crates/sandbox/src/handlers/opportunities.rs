@@ -6,6 +6,9 @@
 //! Opportunities are stored with the contact as parent, so a contact's opportunities can be
 //! found (and removed with it) through [`Ctx::children`].
 
+// `ApiError` (HighLevel's error body) is large; handlers return it by value like every module.
+#![allow(clippy::result_large_err)]
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -562,6 +565,16 @@ fn followers_remove(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
     followers_change(ctx, req, false)
 }
 
+/// Removes the opportunities of a deleted contact (HighLevel deletes them with the contact),
+/// emitting `OpportunityDelete` for each. For the contacts module to call on contact delete.
+pub fn delete_for_contact(ctx: &mut Ctx<'_>, contact_id: &str) -> Result<(), ApiError> {
+    for o in ctx.children(OPPORTUNITY, contact_id) {
+        ctx.delete(OPPORTUNITY, s(&o, "id"))?;
+        ctx.emit("OpportunityDelete", s(&o, "locationId"), event("OpportunityDelete", &o));
+    }
+    Ok(())
+}
+
 /// Parses HighLevel's `mm-dd-yyyy` search dates (ISO dates and epoch ms accepted too) to the
 /// epoch ms of that day's start.
 fn parse_day(v: &str) -> Option<i64> {
@@ -761,7 +774,8 @@ fn seed_uuid(seed: &mut Seed) -> String {
 }
 
 /// Adds a "Sales Pipeline" with five stages and about forty opportunities for seeded contacts
-/// (one per contact, spread over stages and statuses, assigned to seeded users).
+/// (one per contact from the second on, spread over stages and statuses, assigned to seeded
+/// users). Ids go under `pipeline`, `pipeline_stage` and `opportunity`.
 pub fn seed(ctx: &mut Ctx<'_>, seed: &mut Seed) -> Result<(), ApiError> {
     let location_id = seed.location_id.clone();
     let pipeline_id = seed_id(seed);
@@ -792,7 +806,8 @@ pub fn seed(ctx: &mut Ctx<'_>, seed: &mut Seed) -> Result<(), ApiError> {
     )?;
     seed.ids.entry("pipeline").or_default().push(pipeline_id.clone());
 
-    let contacts: Vec<String> = seed.ids("contact").iter().take(40).cloned().collect();
+    // The first contact is left without an opportunity, free for a create call to use.
+    let contacts: Vec<String> = seed.ids("contact").iter().skip(1).take(40).cloned().collect();
     let deals = [
         "Website redesign",
         "Annual maintenance plan",
@@ -848,6 +863,7 @@ pub fn seed(ctx: &mut Ctx<'_>, seed: &mut Seed) -> Result<(), ApiError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::store::Docs;
@@ -989,6 +1005,13 @@ mod tests {
             json!({ "pipelineId": "pipe1", "locationId": "loc1", "name": "dup", "status": "open", "contactId": contact }),
         );
         assert_eq!(r.unwrap_err().status, 400, "one opportunity per contact and pipeline");
+        // Deleting the contact's opportunities (as contact deletion does).
+        let mut ctx = Ctx::new(crate::handlers::Guard::Write(docs.write()), 0);
+        delete_for_contact(&mut ctx, &contact).unwrap();
+        assert_eq!(ctx.events.len(), 1);
+        assert_eq!(ctx.events[0].kind, "OpportunityDelete");
+        drop(ctx);
+        assert_eq!(docs.read().count(OPPORTUNITY), 0);
     }
 
     #[test]
@@ -1036,7 +1059,7 @@ mod tests {
             rng: rand::rngs::StdRng::seed_from_u64(7),
             ids: HashMap::new(),
         };
-        for i in 0..25 {
+        for i in 0..26 {
             let (r, _) = call(
                 &docs,
                 "contacts.create",

@@ -11,7 +11,8 @@ use rand::Rng;
 use serde_json::{Map, Value, json};
 
 use super::{
-    Ctx, HResult, Handler, Req, Seed, created, forbidden_location, iso, new_id, ok, parse_time_ms,
+    Ctx, HResult, Handler, Req, Seed, UserType, created, forbidden_location, iso, new_id, ok,
+    parse_time_ms,
 };
 use crate::error::ApiError;
 
@@ -27,6 +28,7 @@ pub const COUPON: &str = "coupon";
 pub const FULFILLMENT: &str = "fulfillment";
 /// Contacts (owned by the contacts module; read for snapshots).
 const CONTACT: &str = "contact";
+const LOCATION: &str = "location";
 
 /// Registers the handlers of this module.
 pub fn register(map: &mut HashMap<&'static str, Handler>) {
@@ -63,7 +65,7 @@ pub fn money(x: f64) -> f64 {
 /// The location of a payments request: `altId` (query or body) with `altType=location`, or
 /// `locationId`, or the token's; 422 on another `altType`, 403 when the token belongs to
 /// another location.
-pub fn alt_scope(req: &Req) -> Result<String, ApiError> {
+pub fn alt_scope(ctx: &Ctx<'_>, req: &Req) -> Result<String, ApiError> {
     let alt_type = req.query("altType").or_else(|| req.field_str("altType"));
     if let Some(t) = alt_type
         && t != "location"
@@ -85,6 +87,13 @@ pub fn alt_scope(req: &Req) -> Result<String, ApiError> {
         }
     };
     if req.caller.location_id.as_deref().is_some_and(|l| l != loc) {
+        return Err(forbidden_location());
+    }
+    // An agency token may act on its own company's locations only.
+    if req.caller.user_type == UserType::Company
+        && let Some(doc) = ctx.get(LOCATION, &loc)
+        && doc.body.get("companyId").and_then(Value::as_str) != req.caller.company_id.as_deref()
+    {
         return Err(forbidden_location());
     }
     Ok(loc)
@@ -390,7 +399,7 @@ fn order_of(ctx: &Ctx<'_>, req: &Req) -> Result<Arc<Value>, ApiError> {
 }
 
 fn orders_list(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
-    let loc = alt_scope(req)?;
+    let loc = alt_scope(ctx, req)?;
     let mut all = ctx.list(ORDER, &loc);
     eq_filter(req, &mut all, "status", "status");
     eq_filter(req, &mut all, "paymentStatus", "paymentStatus");
@@ -424,7 +433,7 @@ fn orders_list(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
 }
 
 fn order_get(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
-    alt_scope(req)?;
+    alt_scope(ctx, req)?;
     let o = order_of(ctx, req)?;
     ok((*o).clone())
 }
@@ -455,7 +464,7 @@ fn check_mode(req: &Req) -> Result<&str, ApiError> {
 fn order_record_payment(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
     req.require_fields(&["altId", "altType", "mode"])?;
     let mode = check_mode(req)?;
-    let loc = alt_scope(req)?;
+    let loc = alt_scope(ctx, req)?;
     let old = order_of(ctx, req)?;
     let total = num_of(&old, "amount");
     let paid = num_of(&old, "amountPaid");
@@ -513,7 +522,7 @@ fn order_record_payment(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
 
 fn order_fulfill(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
     req.require_fields(&["altId", "altType", "trackings", "items", "notifyCustomer"])?;
-    let loc = alt_scope(req)?;
+    let loc = alt_scope(ctx, req)?;
     let mut errs = Vec::new();
     if !req.field("trackings").is_some_and(Value::is_array) {
         errs.push("trackings must be an array".to_string());
@@ -593,7 +602,7 @@ fn order_fulfill(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
 }
 
 fn transactions_list(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
-    let loc = alt_scope(req)?;
+    let loc = alt_scope(ctx, req)?;
     let mut all = ctx.list(TRANSACTION, &loc);
     eq_filter(req, &mut all, "entitySourceType", "entitySourceType");
     eq_filter(req, &mut all, "entitySourceSubType", "entitySourceSubType");
@@ -609,13 +618,13 @@ fn transactions_list(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
 }
 
 fn transaction_get(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
-    alt_scope(req)?;
+    alt_scope(ctx, req)?;
     let t = ctx.find(TRANSACTION, req.path("transactionId")?, "Transaction", req)?;
     ok((*t).clone())
 }
 
 fn subscriptions_list(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
-    let loc = alt_scope(req)?;
+    let loc = alt_scope(ctx, req)?;
     let mut all = ctx.list(SUBSCRIPTION, &loc);
     eq_filter(req, &mut all, "entityId", "entityId");
     eq_filter(req, &mut all, "entitySourceType", "entitySourceType");
@@ -641,7 +650,7 @@ fn subscriptions_list(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
 }
 
 fn subscription_get(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
-    alt_scope(req)?;
+    alt_scope(ctx, req)?;
     let s = ctx.find(SUBSCRIPTION, req.path("subscriptionId")?, "Subscription", req)?;
     ok((*s).clone())
 }
@@ -764,7 +773,7 @@ fn insert_coupon(ctx: &mut Ctx<'_>, loc: &str, body: &Map<String, Value>) -> Res
 }
 
 fn coupons_list(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
-    let loc = alt_scope(req)?;
+    let loc = alt_scope(ctx, req)?;
     let now = ctx.now_ms;
     let mut all: Vec<Arc<Value>> = ctx
         .list(COUPON, &loc)
@@ -788,7 +797,7 @@ fn coupons_list(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
 fn coupon_create(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
     req.require_fields(&["altId", "altType", "name", "code", "discountType", "discountValue", "startDate"])?;
     validate_coupon(req)?;
-    let loc = alt_scope(req)?;
+    let loc = alt_scope(ctx, req)?;
     let code = req.field_str("code").unwrap_or_default();
     if coupon_code_taken(ctx, &loc, code, None) {
         return Err(ApiError::bad_request(format!("Coupon with code {code} already exists")));
@@ -819,7 +828,7 @@ fn coupon_update(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
         "id",
     ])?;
     validate_coupon(req)?;
-    let loc = alt_scope(req)?;
+    let loc = alt_scope(ctx, req)?;
     let old = coupon_of(ctx, req)?;
     let id = str_of(&old, "_id").to_string();
     let code = req.field_str("code").unwrap_or_default();
@@ -840,7 +849,7 @@ fn coupon_update(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
 
 fn coupon_delete(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
     req.require_fields(&["altId", "altType", "id"])?;
-    alt_scope(req)?;
+    alt_scope(ctx, req)?;
     let c = coupon_of(ctx, req)?;
     ctx.delete(COUPON, str_of(&c, "_id"))?;
     ok(json!({ "success": true, "traceId": trace_id() }))
@@ -869,6 +878,8 @@ fn catalog(ctx: &Ctx<'_>, loc: &str) -> Vec<(Value, Value)> {
 /// Adds this area's demo data to the seeded location: orders (some paid, some fulfilled) with
 /// their transactions, subscriptions for recurring prices, and three coupons.
 pub fn seed(ctx: &mut Ctx<'_>, seed: &mut Seed) -> Result<(), ApiError> {
+    super::products::seed(ctx, seed)?;
+    let first_event = ctx.events.len();
     let loc = seed.location_id.clone();
     let contacts: Vec<String> = seed.ids("contact").to_vec();
     let items = catalog(ctx, &loc);
@@ -990,6 +1001,8 @@ pub fn seed(ctx: &mut Ctx<'_>, seed: &mut Seed) -> Result<(), ApiError> {
         ctx.replace(COUPON, str_of(&c, "_id"), c2)?;
         seed.ids.entry("coupon").or_default().push(str_of(&c, "_id").to_string());
     }
+    // Seeding is not a change anyone should be told about.
+    ctx.events.truncate(first_event);
     Ok(())
 }
 

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use rand::Rng;
 use serde_json::{Map, Value, json};
 
-use super::{Ctx, HResult, Handler, Req, Seed, created, forbidden_location, iso, new_id, ok};
+use super::locations::location_scope;
+use super::{Ctx, HResult, Handler, Req, Seed, created, iso, new_id, ok};
 use crate::error::ApiError;
 
 /// A product.
@@ -80,15 +81,6 @@ const PRICE_FIELDS: &[&str] = &[
     "isDigitalProduct",
     "digitalDelivery",
 ];
-
-/// The location the request acts on; 403 when the token belongs to another one.
-fn scope(req: &Req) -> Result<String, ApiError> {
-    let loc = req.location_id()?;
-    if req.caller.location_id.as_deref().is_some_and(|l| l != loc) {
-        return Err(forbidden_location());
-    }
-    Ok(loc)
-}
 
 fn str_of<'v>(v: &'v Value, k: &str) -> &'v str {
     v.get(k).and_then(Value::as_str).unwrap_or_default()
@@ -357,7 +349,7 @@ fn insert_price(
 }
 
 fn list(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
-    let location_id = scope(req)?;
+    let location_id = location_scope(ctx, req)?;
     let mut all: Vec<Arc<Value>> = ctx.list(PRODUCT, &location_id);
     if let Some(q) = req.query("search").filter(|q| !q.is_empty()) {
         let q = q.to_lowercase();
@@ -396,7 +388,7 @@ fn list(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
 }
 
 fn get(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
-    scope(req)?;
+    location_scope(ctx, req)?;
     let p = product_of(ctx, req)?;
     ok((*p).clone())
 }
@@ -405,7 +397,7 @@ fn create(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
     req.require_fields(&["name", "locationId", "productType"])?;
     let body = req.body_object();
     validate_product(&body)?;
-    let location_id = scope(req)?;
+    let location_id = location_scope(ctx, req)?;
     let p = insert_product(ctx, &location_id, &body)?;
     created(p)
 }
@@ -414,7 +406,7 @@ fn update(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
     req.require_fields(&["name", "locationId", "productType"])?;
     let body = req.body_object();
     validate_product(&body)?;
-    let location_id = scope(req)?;
+    let location_id = location_scope(ctx, req)?;
     let old = product_of(ctx, req)?;
     let id = str_of(&old, "_id").to_string();
     let mut p = (*old).clone();
@@ -464,7 +456,7 @@ fn update(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
 }
 
 fn delete(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
-    let location_id = scope(req)?;
+    let location_id = location_scope(ctx, req)?;
     let p = product_of(ctx, req)?;
     let id = str_of(&p, "_id").to_string();
     for price in ctx.children(PRICE, &id) {
@@ -488,7 +480,7 @@ fn price_of(ctx: &Ctx<'_>, req: &Req, product_id: &str) -> Result<Arc<Value>, Ap
 }
 
 fn prices_list(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
-    scope(req)?;
+    location_scope(ctx, req)?;
     let product = product_of(ctx, req)?;
     let mut all = ctx.children(PRICE, str_of(&product, "_id"));
     if let Some(ids) = req.query("ids").filter(|s| !s.is_empty()) {
@@ -501,7 +493,7 @@ fn prices_list(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
 }
 
 fn price_get(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
-    scope(req)?;
+    location_scope(ctx, req)?;
     let product = product_of(ctx, req)?;
     let p = price_of(ctx, req, str_of(&product, "_id"))?;
     ok((*p).clone())
@@ -511,7 +503,7 @@ fn price_create(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
     req.require_fields(&["name", "type", "currency", "amount", "locationId"])?;
     let body = req.body_object();
     validate_price(&body)?;
-    let location_id = scope(req)?;
+    let location_id = location_scope(ctx, req)?;
     let product = product_of(ctx, req)?;
     let p = insert_price(ctx, &location_id, str_of(&product, "_id"), &body)?;
     created(p)
@@ -521,7 +513,7 @@ fn price_update(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
     req.require_fields(&["name", "type", "currency", "amount", "locationId"])?;
     let body = req.body_object();
     validate_price(&body)?;
-    let location_id = scope(req)?;
+    let location_id = location_scope(ctx, req)?;
     let product = product_of(ctx, req)?;
     let old = price_of(ctx, req, str_of(&product, "_id"))?;
     let mut p = (*old).clone();
@@ -543,7 +535,7 @@ fn price_update(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
 }
 
 fn price_delete(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
-    let location_id = scope(req)?;
+    let location_id = location_scope(ctx, req)?;
     let product = product_of(ctx, req)?;
     let p = price_of(ctx, req, str_of(&product, "_id"))?;
     let id = str_of(&p, "_id").to_string();
@@ -552,10 +544,20 @@ fn price_delete(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
     ok(json!({ "status": true }))
 }
 
+/// A seeded product: name, type, description and its prices (name, amount, recurring interval).
+type CatalogEntry = (&'static str, &'static str, &'static str, &'static [(&'static str, f64, Option<&'static str>)]);
+
 /// Adds this area's demo data to the seeded location: five products with their prices.
+///
+/// Idempotent within one seeding: the invoices and payments seeders call it first so their
+/// orders and invoices sell real products whatever order the seeders run in.
 pub fn seed(ctx: &mut Ctx<'_>, seed: &mut Seed) -> Result<(), ApiError> {
+    if !seed.ids("product").is_empty() {
+        return Ok(());
+    }
+    let first_event = ctx.events.len();
     let loc = seed.location_id.clone();
-    let catalog: [(&str, &str, &str, &[(&str, f64, Option<&str>)]); 5] = [
+    let catalog: [CatalogEntry; 5] = [
         (
             "Starter Consultation",
             "SERVICE",
@@ -622,6 +624,8 @@ pub fn seed(ctx: &mut Ctx<'_>, seed: &mut Seed) -> Result<(), ApiError> {
         }
         seed.ids.entry("product").or_default().push(pid);
     }
+    // Seeding is not a change anyone should be told about.
+    ctx.events.truncate(first_event);
     Ok(())
 }
 
@@ -793,3 +797,7 @@ mod tests {
         assert_eq!(body(&r)["products"].as_array().map(Vec::len), Some(1));
     }
 }
+
+#[cfg(test)]
+#[path = "/tmp/s3/conf_tmp.rs"]
+mod conf_tmp;

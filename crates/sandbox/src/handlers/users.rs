@@ -9,6 +9,9 @@
 //! keeps the record, which `filter-by-email` with `deleted: true` still finds); every other read
 //! answers 404 for it.
 
+// `ApiError` (HighLevel's error body) is large; handlers return it by value like every module.
+#![allow(clippy::result_large_err)]
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -340,6 +343,10 @@ fn update(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
     if u.pointer("/roles/type").and_then(Value::as_str) == Some("account") && location_ids(&u).is_empty() {
         return Err(ApiError::unprocessable(vec!["locationIds should not be empty".into()]));
     }
+    // A location token cannot move a user out of its own location.
+    if req.caller.location_id.is_some() && !visible(req, &u) {
+        return Err(forbidden_location());
+    }
     ctx.replace(USER, id, u.clone())?;
     ok(u)
 }
@@ -369,7 +376,7 @@ fn sort_users(users: &mut [Arc<Value>], field: &str, desc: bool) {
         } else {
             s(a, field).to_lowercase().cmp(&s(b, field).to_lowercase())
         };
-        let o = o.then_with(|| s(a, "id").cmp(s(b, "id")));
+        // Ties keep creation order (the sort is stable).
         if desc { o.reverse() } else { o }
     });
 }
@@ -570,6 +577,7 @@ pub fn seed(ctx: &mut Ctx<'_>, seed: &mut Seed) -> Result<(), ApiError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::handlers::testing::call;
@@ -608,6 +616,8 @@ mod tests {
         assert_eq!(r.unwrap().body["name"], "Jane Deo");
         let (r, _) = call(&docs, "users.get", &[("userId", &id)], &[], Value::Null);
         assert_eq!(r.unwrap().body["roles"]["role"], "user");
+        let (r, _) = call(&docs, "users.update", &[("userId", &id)], &[], json!({ "locationIds": ["elsewhere"] }));
+        assert_eq!(r.unwrap_err().status, 403, "a location token cannot move a user away");
         let (r, _) = call(&docs, "users.delete", &[("userId", &id)], &[], Value::Null);
         let r = r.unwrap().body;
         assert_eq!(r["succeded"], true);

@@ -9,7 +9,7 @@
 
 use serde_json::Value;
 
-use super::tz::{DAY_MS, Tz, parse_ymd, weekday};
+use super::tz::{Tz, parse_ymd, weekday};
 use super::{APPOINTMENT, BLOCKED_SLOT, str_of};
 use crate::handlers::{Ctx, parse_time_ms};
 
@@ -29,6 +29,9 @@ struct Busy {
     /// Secondary owners of an appointment.
     users: Vec<String>,
 }
+
+/// Minute ranges of a day (`[open, close)`, minutes after midnight).
+type Ranges = Vec<(i64, i64)>;
 
 /// Whose availability a slot needs.
 #[derive(Debug, Clone)]
@@ -53,8 +56,8 @@ pub struct Engine {
     per_day: Option<usize>,
     earliest: i64,
     latest: Option<i64>,
-    weekly: Vec<(Vec<i64>, Vec<(i64, i64)>)>,
-    dated: Vec<(i64, Vec<(i64, i64)>)>,
+    weekly: Vec<(Vec<i64>, Ranges)>,
+    dated: Vec<(i64, Ranges)>,
     appointments: Vec<Busy>,
     blocks: Vec<Busy>,
 }
@@ -75,18 +78,22 @@ fn unit_minutes(unit: Option<&str>) -> i64 {
 
 fn minutes(cal: &Value, key: &str, unit_key: &str, default: f64, default_unit: &str) -> i64 {
     let n = num(cal, key).unwrap_or(default).max(0.0);
-    let unit = cal.get(unit_key).and_then(Value::as_str).unwrap_or(default_unit);
+    let unit = cal
+        .get(unit_key)
+        .and_then(Value::as_str)
+        .unwrap_or(default_unit);
     (n * unit_minutes(Some(unit)) as f64).round() as i64
 }
 
 /// `[{openHour, openMinute, closeHour, closeMinute}]` → minute ranges of the day.
-fn hours_of(v: &Value) -> Vec<(i64, i64)> {
+fn hours_of(v: &Value) -> Ranges {
     v.as_array()
         .into_iter()
         .flatten()
         .filter_map(|h| {
             let open = num(h, "openHour")? as i64 * 60 + num(h, "openMinute").unwrap_or(0.0) as i64;
-            let close = num(h, "closeHour")? as i64 * 60 + num(h, "closeMinute").unwrap_or(0.0) as i64;
+            let close =
+                num(h, "closeHour")? as i64 * 60 + num(h, "closeMinute").unwrap_or(0.0) as i64;
             // 00:00 as a closing time means midnight at the end of the day.
             let close = if close == 0 && open > 0 { 1440 } else { close };
             (close > open).then_some((open, close))
@@ -123,7 +130,13 @@ impl Engine {
             duration
         }
         .max(1);
-        let notice = minutes(cal, "allowBookingAfter", "allowBookingAfterUnit", 0.0, "hours");
+        let notice = minutes(
+            cal,
+            "allowBookingAfter",
+            "allowBookingAfterUnit",
+            0.0,
+            "hours",
+        );
         let window = num(cal, "allowBookingFor")
             .filter(|n| *n > 0.0)
             .map(|_| minutes(cal, "allowBookingFor", "allowBookingForUnit", 0.0, "days"));
@@ -171,7 +184,9 @@ impl Engine {
             pre_ms: minutes(cal, "preBuffer", "preBufferUnit", 0.0, "mins") * MINUTE_MS,
             post_ms: minutes(cal, "slotBuffer", "slotBufferUnit", 0.0, "mins") * MINUTE_MS,
             per_slot: num(cal, "appoinmentPerSlot").map_or(1, |n| n.max(1.0) as usize),
-            per_day: num(cal, "appoinmentPerDay").filter(|n| *n > 0.0).map(|n| n as usize),
+            per_day: num(cal, "appoinmentPerDay")
+                .filter(|n| *n > 0.0)
+                .map(|n| n as usize),
             earliest: now_ms + notice * MINUTE_MS,
             latest: window.map(|w| now_ms + w * MINUTE_MS),
             weekly,
@@ -188,8 +203,8 @@ impl Engine {
 
     /// Open minute ranges of a local day: its date-specific availability if it has one, else
     /// the weekly open hours of its weekday.
-    fn open_ranges(&self, day: i64) -> Vec<(i64, i64)> {
-        let dated: Vec<(i64, i64)> = self
+    fn open_ranges(&self, day: i64) -> Ranges {
+        let dated: Ranges = self
             .dated
             .iter()
             .filter(|(d, _)| *d == day)
@@ -207,7 +222,7 @@ impl Engine {
     }
 
     /// Slot start instants of a local day on the calendar's grid, before any booking check.
-    fn grid(&self, day: i64) -> Vec<i64> {
+    pub(super) fn grid(&self, day: i64) -> Vec<i64> {
         let mut out = Vec::new();
         let dur_min = self.duration_ms / MINUTE_MS;
         let step = (self.interval_ms / MINUTE_MS).max(1);
@@ -241,23 +256,33 @@ impl Engine {
     fn user_free(&self, user: &str, start: i64, end: i64) -> bool {
         let (s, e) = (start - self.pre_ms, end + self.post_ms);
         let holds = |b: &Busy| b.user.as_deref() == Some(user) || b.users.iter().any(|u| u == user);
-        !self.appointments.iter().any(|b| holds(b) && Self::overlaps(b, s, e))
-            && !self.blocks.iter().any(|b| b.user.as_deref() == Some(user) && Self::overlaps(b, s, e))
+        !self
+            .appointments
+            .iter()
+            .any(|b| holds(b) && Self::overlaps(b, s, e))
+            && !self
+                .blocks
+                .iter()
+                .any(|b| b.user.as_deref() == Some(user) && Self::overlaps(b, s, e))
     }
 
     fn calendar_blocked(&self, start: i64, end: i64) -> bool {
-        self.blocks
-            .iter()
-            .any(|b| b.calendar_id == self.calendar_id && b.user.is_none() && Self::overlaps(b, start, end))
+        self.blocks.iter().any(|b| {
+            b.calendar_id == self.calendar_id && b.user.is_none() && Self::overlaps(b, start, end)
+        })
     }
 
     fn day_full(&self, start: i64) -> bool {
-        let Some(cap) = self.per_day else { return false };
+        let Some(cap) = self.per_day else {
+            return false;
+        };
         let (day, _) = self.tz.local_day_minute(start);
         let n = self
             .appointments
             .iter()
-            .filter(|b| b.calendar_id == self.calendar_id && self.tz.local_day_minute(b.start).0 == day)
+            .filter(|b| {
+                b.calendar_id == self.calendar_id && self.tz.local_day_minute(b.start).0 == day
+            })
             .count();
         n >= cap
     }
@@ -281,7 +306,10 @@ impl Engine {
                 .iter()
                 .find(|u| self.user_free(u, start, end))
                 .map(|u| Some(u.clone())),
-            Who::All(users) => users.iter().all(|u| self.user_free(u, start, end)).then_some(None),
+            Who::All(users) => users
+                .iter()
+                .all(|u| self.user_free(u, start, end))
+                .then_some(None),
         }
     }
 
@@ -295,16 +323,14 @@ impl Engine {
                 if start < from || start > to || !self.in_window(start) {
                     continue;
                 }
-                if self.free_for(who, start, start + self.duration_ms).is_some() {
+                if self
+                    .free_for(who, start, start + self.duration_ms)
+                    .is_some()
+                {
                     out.push(start);
                 }
             }
         }
         out
-    }
-
-    /// Number of days a range spans, for the 31-day limit.
-    pub fn span_days(from: i64, to: i64) -> i64 {
-        (to - from) / DAY_MS
     }
 }

@@ -153,7 +153,11 @@ impl Tz {
     /// A zone by IANA name (case-insensitive) or fixed offset (`+05:30`, `UTC-5`, `Etc/GMT+5`).
     pub fn parse(name: &str) -> Option<Tz> {
         let name = name.trim();
-        if let Some((_, std_min, dst)) = ZONES.iter().find(|(n, _, _)| n.eq_ignore_ascii_case(name)) {
+        if name.is_empty() {
+            return None;
+        }
+        if let Some((_, std_min, dst)) = ZONES.iter().find(|(n, _, _)| n.eq_ignore_ascii_case(name))
+        {
             return Some(Tz {
                 std_min: *std_min,
                 dst: *dst,
@@ -178,7 +182,11 @@ impl Tz {
 
     /// The offset east of UTC, in minutes, at instant `utc_ms`.
     pub fn offset_min(self, utc_ms: i64) -> i32 {
-        if self.in_dst(utc_ms) { self.std_min + 60 } else { self.std_min }
+        if self.in_dst(utc_ms) {
+            self.std_min + 60
+        } else {
+            self.std_min
+        }
     }
 
     fn in_dst(self, utc_ms: i64) -> bool {
@@ -229,7 +237,10 @@ impl Tz {
     /// The local day (days since 1970-01-01) and minute of the day of an instant.
     pub fn local_day_minute(self, utc_ms: i64) -> (i64, i64) {
         let local = utc_ms + i64::from(self.offset_min(utc_ms)) * MINUTE_MS;
-        (local.div_euclid(DAY_MS), local.rem_euclid(DAY_MS) / MINUTE_MS)
+        (
+            local.div_euclid(DAY_MS),
+            local.rem_euclid(DAY_MS) / MINUTE_MS,
+        )
     }
 
     /// `YYYY-MM-DD` of an instant in this zone.
@@ -357,7 +368,10 @@ mod tests {
         assert_eq!(days_from_civil(1970, 1, 1), 0);
         assert_eq!(civil_from_days(days_from_civil(2024, 2, 29)), (2024, 2, 29));
         assert_eq!(weekday(days_from_civil(2024, 10, 28)), 1);
-        assert_eq!(parse_ymd("2023-09-24T00:00:00.000Z"), Some(days_from_civil(2023, 9, 24)));
+        assert_eq!(
+            parse_ymd("2023-09-24T00:00:00.000Z"),
+            Some(days_from_civil(2023, 9, 24))
+        );
     }
 
     #[test]
@@ -375,8 +389,14 @@ mod tests {
         assert_eq!(chicago.offset_min(start), -300);
         // Local 09:00 on a summer day is 14:00Z.
         let day = days_from_civil(2024, 7, 1);
-        assert_eq!(chicago.local_to_utc(day, 9 * 60), day * DAY_MS + 14 * 3_600_000);
-        assert_eq!(chicago.local_day_minute(day * DAY_MS + 14 * 3_600_000), (day, 540));
+        assert_eq!(
+            chicago.local_to_utc(day, 9 * 60),
+            day * DAY_MS + 14 * 3_600_000
+        );
+        assert_eq!(
+            chicago.local_day_minute(day * DAY_MS + 14 * 3_600_000),
+            (day, 540)
+        );
     }
 
     #[test]
@@ -384,13 +404,23 @@ mod tests {
         let london = Tz::parse("europe/london").unwrap_or(Tz::UTC);
         let july = days_from_civil(2024, 7, 1) * DAY_MS;
         assert_eq!(london.offset_min(july), 60);
-        assert_eq!(Tz::parse("Asia/Kolkata").map(|t| t.format(0)), Some("1970-01-01T05:30:00+05:30".into()));
+        assert_eq!(
+            Tz::parse("Asia/Kolkata").map(|t| t.format(0)),
+            Some("1970-01-01T05:30:00+05:30".into())
+        );
         assert_eq!(Tz::parse("Etc/GMT+5").map(|t| t.offset_min(0)), Some(-300));
         assert_eq!(Tz::parse("+05:30").map(|t| t.offset_min(0)), Some(330));
-        assert_eq!(Tz::parse("UTC").map(|t| t.format(0)), Some("1970-01-01T00:00:00+00:00".into()));
+        assert_eq!(
+            Tz::parse("UTC").map(|t| t.format(0)),
+            Some("1970-01-01T00:00:00+00:00".into())
+        );
         assert!(Tz::parse("Mars/Olympus").is_none());
+        assert!(Tz::parse("").is_none());
         let sydney = Tz::parse("Australia/Sydney").unwrap_or(Tz::UTC);
-        assert_eq!(sydney.offset_min(days_from_civil(2024, 1, 15) * DAY_MS), 660);
+        assert_eq!(
+            sydney.offset_min(days_from_civil(2024, 1, 15) * DAY_MS),
+            660
+        );
         assert_eq!(sydney.offset_min(july), 600);
     }
 }

@@ -60,7 +60,11 @@ pub fn slug(name: &str) -> String {
             gap = true;
         }
     }
-    if out.is_empty() { "field".to_string() } else { out }
+    if out.is_empty() {
+        "field".to_string()
+    } else {
+        out
+    }
 }
 
 /// A `fieldKey` for `name` in `object_key` that no other field of the location uses
@@ -70,7 +74,11 @@ pub fn unique_field_key(ctx: &Ctx<'_>, location_id: &str, object_key: &str, name
     let taken: Vec<String> = ctx
         .list(CUSTOM_FIELD, location_id)
         .iter()
-        .filter_map(|f| f.get("fieldKey").and_then(Value::as_str).map(str::to_string))
+        .filter_map(|f| {
+            f.get("fieldKey")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
         .collect();
     if !taken.contains(&base) {
         return base;
@@ -96,17 +104,27 @@ fn parse_options(v: &Value) -> Result<(Vec<String>, Vec<Value>), ApiError> {
         let (key, label) = match o {
             Value::String(s) => (slug(s), s.clone()),
             Value::Object(m) => {
-                let label = m.get("label").and_then(Value::as_str).unwrap_or_default().to_string();
+                let label = m
+                    .get("label")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
                 let key = m
                     .get("key")
                     .and_then(Value::as_str)
                     .map_or_else(|| slug(&label), str::to_string);
                 if label.is_empty() {
-                    return Err(ApiError::unprocessable(vec!["options.label should not be empty".into()]));
+                    return Err(ApiError::unprocessable(vec![
+                        "options.label should not be empty".into(),
+                    ]));
                 }
                 (key, label)
             }
-            _ => return Err(ApiError::unprocessable(vec!["options must be an array of strings".into()])),
+            _ => {
+                return Err(ApiError::unprocessable(vec![
+                    "options must be an array of strings".into(),
+                ]));
+            }
         };
         if !labels.contains(&label) {
             options.push(json!({ "key": key, "label": label }));
@@ -114,7 +132,9 @@ fn parse_options(v: &Value) -> Result<(Vec<String>, Vec<Value>), ApiError> {
         }
     }
     if !v.is_array() && !v.is_null() {
-        return Err(ApiError::unprocessable(vec!["options must be an array".into()]));
+        return Err(ApiError::unprocessable(vec![
+            "options must be an array".into(),
+        ]));
     }
     Ok((labels, options))
 }
@@ -132,17 +152,31 @@ pub struct FieldInput<'a> {
 /// Checks the optional settings of a field body: types of `placeholder`, `position`, file
 /// settings and text-box-list options. Returns every failure.
 fn validate_settings(body: &Map<String, Value>, errs: &mut Vec<String>) {
-    if body.get("placeholder").is_some_and(|v| !v.is_string() && !v.is_null()) {
+    if body
+        .get("placeholder")
+        .is_some_and(|v| !v.is_string() && !v.is_null())
+    {
         errs.push("placeholder must be a string".into());
     }
-    if body.get("position").is_some_and(|v| !v.is_number() && !v.is_null()) {
+    if body
+        .get("position")
+        .is_some_and(|v| !v.is_number() && !v.is_null())
+    {
         errs.push("position must be a number conforming to the specified constraints".into());
     }
-    if body.get("isMultipleFile").is_some_and(|v| !v.is_boolean() && !v.is_null()) {
+    if body
+        .get("isMultipleFile")
+        .is_some_and(|v| !v.is_boolean() && !v.is_null())
+    {
         errs.push("isMultipleFile must be a boolean value".into());
     }
-    if body.get("maxNumberOfFiles").is_some_and(|v| !v.is_number() && !v.is_null()) {
-        errs.push("maxNumberOfFiles must be a number conforming to the specified constraints".into());
+    if body
+        .get("maxNumberOfFiles")
+        .is_some_and(|v| !v.is_number() && !v.is_null())
+    {
+        errs.push(
+            "maxNumberOfFiles must be a number conforming to the specified constraints".into(),
+        );
     }
     if let Some(a) = body.get("acceptedFormat").filter(|v| !v.is_null())
         && !a.as_array().is_some_and(|a| a.iter().all(Value::is_string))
@@ -150,9 +184,10 @@ fn validate_settings(body: &Map<String, Value>, errs: &mut Vec<String>) {
         errs.push("acceptedFormat must be an array of strings".into());
     }
     if let Some(t) = body.get("textBoxListOptions").filter(|v| !v.is_null())
-        && !t
-            .as_array()
-            .is_some_and(|a| a.iter().all(|o| o.get("label").and_then(Value::as_str).is_some()))
+        && !t.as_array().is_some_and(|a| {
+            a.iter()
+                .all(|o| o.get("label").and_then(Value::as_str).is_some())
+        })
     {
         errs.push("textBoxListOptions must be an array of { label, prefillValue }".into());
     }
@@ -197,7 +232,11 @@ pub fn build_field(
     let body = input.body;
     f["name"] = json!(input.name);
     f["dateUpdated"] = json!(now);
-    for (from, to) in [("placeholder", "placeholder"), ("position", "position"), ("description", "description")] {
+    for (from, to) in [
+        ("placeholder", "placeholder"),
+        ("position", "position"),
+        ("description", "description"),
+    ] {
         if let Some(v) = body.get(from).filter(|v| !v.is_null()) {
             f[to] = v.clone();
         }
@@ -217,7 +256,9 @@ pub fn build_field(
             f["options"] = json!(options);
         }
         if f["picklistOptions"].as_array().is_none_or(Vec::is_empty) {
-            return Err(ApiError::unprocessable(vec!["options should not be empty".into()]));
+            return Err(ApiError::unprocessable(vec![
+                "options should not be empty".into(),
+            ]));
         }
         if f.get("picklistImageOptions").is_none() {
             f["picklistImageOptions"] = json!([]);
@@ -232,7 +273,11 @@ pub fn build_field(
     }
     if data_type == "FILE_UPLOAD" {
         let multi = body.get("isMultipleFile").and_then(Value::as_bool);
-        f["isMultiFileAllowed"] = json!(multi.or_else(|| f["isMultiFileAllowed"].as_bool()).unwrap_or(false));
+        f["isMultiFileAllowed"] = json!(
+            multi
+                .or_else(|| f["isMultiFileAllowed"].as_bool())
+                .unwrap_or(false)
+        );
         let max = body
             .get("maxNumberOfFiles")
             .or_else(|| body.get("maxFileLimit"))
@@ -320,7 +365,9 @@ pub fn v2_view(f: &Value) -> Value {
     if OPTION_TYPES.contains(&f["dataType"].as_str().unwrap_or_default()) {
         out.insert(
             "allowCustomOption".into(),
-            f.get("isAllowedCustomOption").cloned().unwrap_or(json!(false)),
+            f.get("isAllowedCustomOption")
+                .cloned()
+                .unwrap_or(json!(false)),
         );
     }
     if f["dataType"] == "FILE_UPLOAD" {
@@ -330,7 +377,11 @@ pub fn v2_view(f: &Value) -> Value {
             .flatten()
             .filter_map(Value::as_str)
             .collect();
-        let one = if formats.len() == 1 { formats[0] } else { "all" };
+        let one = if formats.len() == 1 {
+            formats[0]
+        } else {
+            "all"
+        };
         out.insert("acceptedFormats".into(), json!(one));
     }
     // A field created before `dateUpdated` was kept: the schema requires it.
@@ -359,9 +410,17 @@ fn is_classic(f: &Value) -> bool {
         .is_some_and(|m| MODELS.contains(&m))
 }
 
+/// A classic field by id or by `fieldKey` (`contact.plan`), as HighLevel accepts both.
 fn classic_field(ctx: &Ctx<'_>, req: &Req, location_id: &str) -> Result<Arc<Value>, ApiError> {
     let id = req.path("id")?;
-    let f = ctx.find(CUSTOM_FIELD, id, "Custom field", req)?;
+    let f = match ctx.get(CUSTOM_FIELD, id) {
+        Some(_) => ctx.find(CUSTOM_FIELD, id, "Custom field", req)?,
+        None => ctx
+            .list(CUSTOM_FIELD, location_id)
+            .into_iter()
+            .find(|f| f.get("fieldKey").and_then(Value::as_str) == Some(id))
+            .ok_or_else(|| ApiError::not_found("Custom field"))?,
+    };
     if f.get("locationId").and_then(Value::as_str) != Some(location_id) || !is_classic(&f) {
         return Err(ApiError::not_found("Custom field"));
     }
@@ -419,7 +478,10 @@ pub fn create(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
     let mut errs = validate_common(req);
     let data_type = req.field_str("dataType").unwrap_or_default();
     if !DATA_TYPES.contains(&data_type) {
-        errs.push(format!("dataType must be one of the following values: {}", DATA_TYPES.join(", ")));
+        errs.push(format!(
+            "dataType must be one of the following values: {}",
+            DATA_TYPES.join(", ")
+        ));
     }
     if !errs.is_empty() {
         return Err(ApiError::unprocessable(errs));
@@ -450,7 +512,9 @@ pub fn update(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
     if let Some(m) = req.field_str("model")
         && Some(m) != old.get("model").and_then(Value::as_str)
     {
-        return Err(ApiError::bad_request("The model of a custom field cannot be changed"));
+        return Err(ApiError::bad_request(
+            "The model of a custom field cannot be changed",
+        ));
     }
     let body = req.body_object();
     let object_key = old["objectKey"].as_str().unwrap_or("contact").to_string();
@@ -475,7 +539,10 @@ pub fn drop_values(ctx: &mut Ctx<'_>, location_id: &str, field_id: &str) -> Resu
             .filter(|d| {
                 d.get("customFields")
                     .and_then(Value::as_array)
-                    .is_some_and(|a| a.iter().any(|e| e.get("id").and_then(Value::as_str) == Some(field_id)))
+                    .is_some_and(|a| {
+                        a.iter()
+                            .any(|e| e.get("id").and_then(Value::as_str) == Some(field_id))
+                    })
             })
             .collect();
         for d in holders {

@@ -1,0 +1,396 @@
+//! The runner end to end: steps, filters, retries, dead letters, replay, resume, shutdown.
+
+use std::time::Duration;
+
+use hlbridge_engine::store::{Failure, RunFilter, RunState};
+use hlbridge_engine::{Engine, StepError};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::fake::{FakeHighLevel, config, engine_with, wait_for};
+
+const TAGS: &str = r#"
+id = "tags"
+location_id = "loc1"
+filter = "event.action in ['added', 'removed']"
+retry = { max_attempts = 3, base_delay_ms = 10, max_delay_ms = 50 }
+
+[trigger]
+type = "app_webhook"
+secret = "s3cret"
+
+[[steps]]
+id = "contact"
+type = "find_contact"
+email = "{{ event.email }}"
+required = true
+
+[[steps]]
+id = "tag"
+type = "highlevel"
+operation = "contacts.tags.add"
+params = { contactId = "{{ steps.contact.id }}", tags = ["{{ event.tag }}"] }
+"#;
+
+async fn state_of(engine: &Engine, id: hlbridge_engine::RunId) -> Option<RunState> {
+    engine
+        .store()
+        .run_detail(id)
+        .await
+        .ok()
+        .flatten()
+        .map(|d| d.run.state)
+}
+
+async fn run_until_final(
+    engine: &Engine,
+    id: hlbridge_engine::RunId,
+) -> hlbridge_engine::RunDetail {
+    let stop = CancellationToken::new();
+    let workers = engine.spawn_workers(&stop);
+    wait_for(10, "a final state", || async {
+        state_of(engine, id).await.is_some_and(RunState::is_final)
+    })
+    .await;
+    stop.cancel();
+    for w in workers {
+        let _ = w.await;
+    }
+    engine
+        .store()
+        .run_detail(id)
+        .await
+        .expect("detail")
+        .expect("run")
+}
+
+#[tokio::test]
+async fn steps_run_in_order_with_mappings_and_dedupe() {
+    let fake = FakeHighLevel::new();
+    let engine = engine_with("happy", config("happy"), &fake, &[TAGS]).await;
+    let event = json!({"action": "added", "email": "ada@example.com", "tag": "vip"});
+    let id = engine
+        .enqueue("tags", "k1", event.clone())
+        .await
+        .expect("enqueue")
+        .expect("new");
+    assert_eq!(
+        engine.enqueue("tags", "k1", event).await.expect("dup"),
+        None,
+        "duplicate is a no-op"
+    );
+
+    let d = run_until_final(&engine, id).await;
+    assert_eq!(d.run.state, RunState::Succeeded);
+    assert_eq!(d.run.attempts, 1);
+    assert_eq!(
+        d.steps
+            .iter()
+            .map(|s| s.step_id.as_str())
+            .collect::<Vec<_>>(),
+        ["contact", "tag"]
+    );
+    let tag_calls = fake.calls_to("contacts.tags.add");
+    assert_eq!(
+        tag_calls,
+        vec![json!({"contactId": "c-ada@example.com", "tags": ["vip"]})]
+    );
+    let find = fake.calls_to("contacts.find_duplicate");
+    assert_eq!(
+        find,
+        vec![json!({"locationId": "loc1", "email": "ada@example.com"})]
+    );
+    assert_eq!(d.steps[1].input, Some(tag_calls[0].clone()));
+}
+
+#[tokio::test]
+async fn filters_skip_runs() {
+    let fake = FakeHighLevel::new();
+    let engine = engine_with("skip", config("skip"), &fake, &[TAGS]).await;
+    let a = engine
+        .enqueue(
+            "tags",
+            "a",
+            json!({"action": "renamed", "email": "x@y.z", "tag": "t"}),
+        )
+        .await
+        .expect("a")
+        .expect("new");
+    let b = engine
+        .enqueue(
+            "tags",
+            "b",
+            json!({"action": "added", "email": "nobody@example.com", "tag": "t"}),
+        )
+        .await
+        .expect("b")
+        .expect("new");
+    assert_eq!(
+        run_until_final(&engine, a).await.run.state,
+        RunState::Skipped
+    );
+    let d = run_until_final(&engine, b).await;
+    assert_eq!(d.run.state, RunState::Skipped, "required contact not found");
+    assert!(fake.calls_to("contacts.tags.add").is_empty());
+}
+
+#[tokio::test]
+async fn transient_errors_retry_and_resume_without_redoing_steps() {
+    let fake = FakeHighLevel::new();
+    fake.script(
+        "contacts.tags.add",
+        vec![
+            Err(StepError::http(503, "unavailable", None)),
+            Err(StepError::http(429, "slow down", None)
+                .with_retry_after(Some(Duration::from_millis(30)))),
+        ],
+    );
+    let engine = engine_with("retry", config("retry"), &fake, &[TAGS]).await;
+    let id = engine
+        .enqueue(
+            "tags",
+            "r",
+            json!({"action": "added", "email": "ada@example.com", "tag": "vip"}),
+        )
+        .await
+        .expect("enqueue")
+        .expect("new");
+    let d = run_until_final(&engine, id).await;
+    assert_eq!(d.run.state, RunState::Succeeded, "{d:?}");
+    assert_eq!(d.run.attempts, 3);
+    assert_eq!(fake.calls_to("contacts.tags.add").len(), 3);
+    assert_eq!(
+        fake.calls_to("contacts.find_duplicate").len(),
+        1,
+        "the finished step is not redone"
+    );
+}
+
+#[tokio::test]
+async fn budget_spent_or_permanent_errors_go_to_dead_letters_then_replay() {
+    let fake = FakeHighLevel::new();
+    let body = json!({"statusCode": 404, "message": "Contact not found"});
+    fake.script(
+        "contacts.tags.add",
+        vec![Err(StepError::http(404, "not found", Some(body.clone())))],
+    );
+    let engine = engine_with("dead", config("dead"), &fake, &[TAGS]).await;
+    let ev = json!({"action": "added", "email": "ada@example.com", "tag": "vip"});
+    let id = engine
+        .enqueue("tags", "d1", ev.clone())
+        .await
+        .expect("enqueue")
+        .expect("new");
+    let d = run_until_final(&engine, id).await;
+    assert_eq!(d.run.state, RunState::Dead);
+    assert_eq!(d.run.attempts, 1, "a 404 is not retried");
+    assert_eq!(d.error_body, Some(body));
+    assert!(d.run.last_error.as_deref().unwrap_or("").contains("404"));
+    let failed_step = d
+        .steps
+        .iter()
+        .find(|s| s.step_id == "tag")
+        .expect("tag step");
+    assert_eq!(
+        failed_step.error.as_ref().and_then(|e| e.get("status")),
+        Some(&json!(404))
+    );
+
+    // Budget: three 503s with max_attempts = 3.
+    fake.script(
+        "contacts.tags.add",
+        (0..3)
+            .map(|_| Err(StepError::http(503, "down", None)))
+            .collect(),
+    );
+    let id2 = engine
+        .enqueue("tags", "d2", ev)
+        .await
+        .expect("enqueue")
+        .expect("new");
+    let d2 = run_until_final(&engine, id2).await;
+    assert_eq!((d2.run.state, d2.run.attempts), (RunState::Dead, 3));
+
+    // Replay every dead letter: they now succeed.
+    let replays = engine
+        .store()
+        .replay_dead(Some("tags"))
+        .await
+        .expect("replay");
+    assert_eq!(replays.len(), 2);
+    for r in &replays {
+        let d = run_until_final(&engine, *r).await;
+        assert_eq!(d.run.state, RunState::Succeeded);
+    }
+    let dead = engine
+        .store()
+        .list_runs(&RunFilter {
+            state: Some(RunState::Dead),
+            ..Default::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(dead.len(), 2, "the originals stay as history");
+}
+
+#[tokio::test]
+async fn a_run_whose_worker_died_is_taken_over_after_its_lease() {
+    let fake = FakeHighLevel::new();
+    let engine = engine_with("crash", config("crash"), &fake, &[TAGS]).await;
+    let id = engine
+        .enqueue(
+            "tags",
+            "c",
+            json!({"action": "added", "email": "ada@example.com", "tag": "vip"}),
+        )
+        .await
+        .expect("enqueue")
+        .expect("new");
+    // A "worker" claims the run with a short lease and dies without finishing.
+    let ghost = engine
+        .store()
+        .claim_runs("ghost", 1, Duration::from_millis(200))
+        .await
+        .expect("claim");
+    assert_eq!(ghost.len(), 1);
+    let d = run_until_final(&engine, id).await;
+    assert_eq!(d.run.state, RunState::Succeeded);
+    assert_eq!(d.run.attempts, 2);
+    // The ghost's claim is void.
+    assert!(
+        !engine
+            .store()
+            .fail_run(&ghost[0], "late", None, Failure::Dead)
+            .await
+            .expect("stale")
+    );
+}
+
+#[tokio::test]
+async fn shutdown_releases_runs_at_a_step_boundary() {
+    let fake = FakeHighLevel::new();
+    let engine = engine_with("shutdown", config("shutdown"), &fake, &[TAGS]).await;
+    let id = engine
+        .enqueue(
+            "tags",
+            "s",
+            json!({"action": "added", "email": "ada@example.com", "tag": "vip"}),
+        )
+        .await
+        .expect("enqueue")
+        .expect("new");
+    let stop = CancellationToken::new();
+    stop.cancel();
+    // A worker started after shutdown claims nothing.
+    engine.run_worker("late", stop.clone()).await;
+    assert_eq!(state_of(&engine, id).await, Some(RunState::Queued));
+    // A run executed under a cancelled token is released before its first step.
+    let claimed = engine
+        .store()
+        .claim_run(id, "w", Duration::from_secs(5))
+        .await
+        .expect("claim")
+        .expect("claimed");
+    assert_eq!(claimed.attempts, 1);
+    assert!(engine.store().release_run(&claimed).await.expect("release"));
+    let d = run_until_final(&engine, id).await;
+    assert_eq!((d.run.state, d.run.attempts), (RunState::Succeeded, 1));
+}
+
+const LOOP: &str = r#"
+id = "loop"
+location_id = "loc1"
+
+[trigger]
+type = "app_webhook"
+secret = "s"
+
+[[steps]]
+id = "each"
+type = "for_each"
+items = "{{ event.people }}"
+
+[[steps.steps]]
+id = "only_vip"
+type = "filter"
+condition = "item.vip"
+
+[[steps.steps]]
+id = "upsert"
+type = "highlevel"
+operation = "contacts.upsert"
+params = { email = "{{ item.email }}", "custom.Favourite Colour" = "{{ item.colour }}", tags = "{{ [event.tag, 'n' ~ index] }}" }
+
+[[steps]]
+id = "count"
+type = "filter"
+condition = "steps.each | length == 3"
+"#;
+
+#[tokio::test]
+async fn for_each_with_custom_fields_and_typed_mappings() {
+    let fake = FakeHighLevel::new();
+    let engine = engine_with("loop", config("loop"), &fake, &[LOOP]).await;
+    let d = engine
+        .run_now(
+            "loop",
+            json!({"tag": "t", "people": [
+                {"email": "a@x.io", "colour": "green", "vip": true},
+                {"email": "b@x.io", "colour": "red", "vip": false},
+                {"email": "c@x.io", "colour": 7, "vip": true},
+            ]}),
+        )
+        .await
+        .expect("run now");
+    assert_eq!(d.run.state, RunState::Succeeded, "{d:#?}");
+    let upserts = fake.calls_to("contacts.upsert");
+    assert_eq!(upserts.len(), 2);
+    assert_eq!(
+        upserts[1],
+        json!({"email": "c@x.io", "tags": ["t", "n2"], "locationId": "loc1", "customFields": [{"id": "cf-colour", "value": 7}]})
+    );
+    assert_eq!(
+        fake.calls_to("locations.custom_fields.list").len(),
+        1,
+        "cached"
+    );
+    let ids: Vec<&str> = d.steps.iter().map(|s| s.step_id.as_str()).collect();
+    assert!(
+        ids.contains(&"each[1].only_vip")
+            && ids.contains(&"each[2].upsert")
+            && ids.contains(&"count"),
+        "{ids:?}"
+    );
+    assert!(!ids.contains(&"each[1].upsert"));
+    let each = d
+        .steps
+        .iter()
+        .find(|s| s.step_id == "each")
+        .and_then(|s| s.output.clone())
+        .unwrap_or(Value::Null);
+    assert_eq!(each[1]["upsert"], Value::Null);
+}
+
+#[tokio::test]
+async fn template_errors_are_dead_at_once() {
+    let fake = FakeHighLevel::new();
+    let engine = engine_with("tmpl", config("tmpl"), &fake, &[TAGS]).await;
+    // `event.tag` missing: strict undefined at run time.
+    let d = engine
+        .run_now(
+            "tags",
+            json!({"action": "added", "email": "ada@example.com"}),
+        )
+        .await
+        .expect("run now");
+    assert_eq!(d.run.state, RunState::Dead);
+    assert!(
+        d.run
+            .last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("undefined"),
+        "{:?}",
+        d.run.last_error
+    );
+}
