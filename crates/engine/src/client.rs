@@ -64,7 +64,10 @@ pub fn step_error(e: &Error) -> StepError {
 impl ClientApi {
     /// An adapter over `client` with the given connections by name.
     pub fn new(client: Client, connections: HashMap<String, Connection>) -> Self {
-        Self { client, connections }
+        Self {
+            client,
+            connections,
+        }
     }
 
     /// The connection names.
@@ -72,11 +75,17 @@ impl ClientApi {
         self.connections.keys().map(String::as_str)
     }
 
-    fn prepare(&self, connection: &str, op: &Operation, mut params: Value) -> Result<(&Connection, Value), StepError> {
-        let conn = self
-            .connections
-            .get(connection)
-            .ok_or_else(|| StepError::permanent(format!("HighLevel connection `{connection}` is not configured")))?;
+    fn prepare(
+        &self,
+        connection: &str,
+        op: &Operation,
+        mut params: Value,
+    ) -> Result<(&Connection, Value), StepError> {
+        let conn = self.connections.get(connection).ok_or_else(|| {
+            StepError::permanent(format!(
+                "HighLevel connection `{connection}` is not configured"
+            ))
+        })?;
         if let (Some(loc), Value::Object(map)) = (&conn.location_id, &mut params)
             && op.param("locationId").is_some()
             && !map.contains_key("locationId")
@@ -88,7 +97,12 @@ impl ClientApi {
 }
 
 impl HighLevelApi for ClientApi {
-    fn call<'a>(&'a self, connection: &'a str, op: &'static Operation, params: Value) -> BoxFuture<'a, Result<Value, StepError>> {
+    fn call<'a>(
+        &'a self,
+        connection: &'a str,
+        op: &'static Operation,
+        params: Value,
+    ) -> BoxFuture<'a, Result<Value, StepError>> {
         Box::pin(async move {
             let (conn, params) = self.prepare(connection, op, params)?;
             self.client
@@ -99,7 +113,12 @@ impl HighLevelApi for ClientApi {
         })
     }
 
-    fn paginate<'a>(&'a self, connection: &'a str, op: &'static Operation, params: Value) -> BoxStream<'a, Result<Value, StepError>> {
+    fn paginate<'a>(
+        &'a self,
+        connection: &'a str,
+        op: &'static Operation,
+        params: Value,
+    ) -> BoxStream<'a, Result<Value, StepError>> {
         match self.prepare(connection, op, params) {
             Ok((conn, params)) => self
                 .client
@@ -122,7 +141,11 @@ mod tests {
             retry_after: Some(std::time::Duration::from_secs(60)),
         };
         let s = step_error(&e);
-        assert_eq!(s.class, ErrorClass::Transient, "retried after the daily reset");
+        assert_eq!(
+            s.class,
+            ErrorClass::Transient,
+            "retried after the daily reset"
+        );
         assert_eq!(s.retry_after, Some(std::time::Duration::from_secs(60)));
         let e = Error::TokenRefresh {
             message: "timeout".into(),

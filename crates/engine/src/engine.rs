@@ -62,6 +62,10 @@ pub struct EngineConfig {
     pub custom_field_ttl: Duration,
     /// Prefix of worker ids (host and process by default).
     pub worker_name: String,
+    /// HighLevel connection names with their granted scopes (`None`: unknown), for
+    /// validation: flows naming another connection, or calling an operation whose scope
+    /// the connection lacks, are refused. `None`: not checked.
+    pub highlevel_connections: Option<HashMap<String, Option<Vec<String>>>>,
 }
 
 impl Default for EngineConfig {
@@ -85,6 +89,7 @@ impl Default for EngineConfig {
                 std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into()),
                 std::process::id()
             ),
+            highlevel_connections: None,
         }
     }
 }
@@ -213,10 +218,10 @@ impl Engine {
         &self.inner.store
     }
 
-    /// The context flows are validated against (configured app connections).
+    /// The context flows are validated against (configured HighLevel and app connections).
     pub fn validation_context(&self) -> ValidationContext {
         ValidationContext {
-            connections: None,
+            connections: self.inner.config.highlevel_connections.clone(),
             app_connections: Some(self.inner.config.app_connections.keys().cloned().collect()),
         }
     }

@@ -44,7 +44,7 @@
 //!
 //! Counted per **calendar day in UTC** (HighLevel does not document when its daily counter
 //! resets; its headers correct us if it is another boundary). When it is used up a call fails
-//! at once with [`Error::DailyBudgetExhausted`](crate::Error::DailyBudgetExhausted), which is
+//! at once with [`Error::DailyBudgetExhausted`], which is
 //! not retried.
 //!
 //! # Testing without sleeping

@@ -72,7 +72,13 @@ struct ExhaustBody {
 }
 
 /// Serves one admin request.
-pub async fn handle(shared: &Shared, method: &Method, uri: &Uri, headers: &HeaderMap, body: &Bytes) -> Response {
+pub async fn handle(
+    shared: &Shared,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Response {
     let path = uri.path().trim_end_matches('/');
     let info = shared.info.read().clone();
     if *method == Method::GET && path == "/_sandbox/keys" {
@@ -84,18 +90,35 @@ pub async fn handle(shared: &Shared, method: &Method, uri: &Uri, headers: &Heade
         .and_then(|v| v.strip_prefix("Bearer "))
         .is_some_and(|t| t == info.admin_token);
     if !authorized {
-        return err(ApiError::unauthorized("The sandbox admin API needs the admin token printed at start"));
+        return err(ApiError::unauthorized(
+            "The sandbox admin API needs the admin token printed at start",
+        ));
     }
-    let segments: Vec<&str> = path.trim_start_matches("/_sandbox").split('/').filter(|s| !s.is_empty()).collect();
+    let segments: Vec<&str> = path
+        .trim_start_matches("/_sandbox")
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
     match (method.clone(), segments.as_slice()) {
         (Method::GET, ["info"]) | (Method::GET, []) => reply(StatusCode::OK, json!(info)),
         (Method::GET, ["stats"]) => {
             let docs = shared.docs.read();
-            let counts: serde_json::Map<String, Value> = ["contact", "task", "note", "appointment", "opportunity", "conversation", "message"]
-                .iter()
-                .map(|k| (k.to_string(), json!(docs.count(k))))
-                .collect();
-            reply(StatusCode::OK, json!({ "rateLimits": shared.limiter.all_stats(), "documents": counts }))
+            let counts: serde_json::Map<String, Value> = [
+                "contact",
+                "task",
+                "note",
+                "appointment",
+                "opportunity",
+                "conversation",
+                "message",
+            ]
+            .iter()
+            .map(|k| (k.to_string(), json!(docs.count(k))))
+            .collect();
+            reply(
+                StatusCode::OK,
+                json!({ "rateLimits": shared.limiter.all_stats(), "documents": counts }),
+            )
         }
         (Method::GET, ["stats", "locations", location]) => {
             let max = shared
@@ -108,7 +131,10 @@ pub async fn handle(shared: &Shared, method: &Method, uri: &Uri, headers: &Heade
             let attempts = max.iter().map(|s| s.max_window_attempts).max().unwrap_or(0);
             let accepted = max.iter().map(|s| s.max_window_accepted).max().unwrap_or(0);
             let rejected: u64 = max.iter().map(|s| s.rejected).sum();
-            reply(StatusCode::OK, json!({ "locationId": location, "maxWindowAttempts": attempts, "maxWindowAccepted": accepted, "rejected": rejected }))
+            reply(
+                StatusCode::OK,
+                json!({ "locationId": location, "maxWindowAttempts": attempts, "maxWindowAccepted": accepted, "rejected": rejected }),
+            )
         }
         (Method::GET, ["faults"]) => reply(StatusCode::OK, json!(shared.faults.list())),
         (Method::POST, ["faults"]) => match parse::<FaultRule>(body) {
@@ -129,14 +155,21 @@ pub async fn handle(shared: &Shared, method: &Method, uri: &Uri, headers: &Heade
                 err(ApiError::not_found("Fault rule"))
             }
         }
-        (Method::GET, ["webhooks"]) => reply(StatusCode::OK, json!({ "urls": shared.delivery.urls() })),
+        (Method::GET, ["webhooks"]) => {
+            reply(StatusCode::OK, json!({ "urls": shared.delivery.urls() }))
+        }
         (Method::POST, ["webhooks"]) => match parse::<WebhookBody>(body) {
             Ok(b) => match url::Url::parse(&b.url) {
                 Ok(_) => {
                     shared.delivery.add_url(b.url);
-                    reply(StatusCode::CREATED, json!({ "urls": shared.delivery.urls() }))
+                    reply(
+                        StatusCode::CREATED,
+                        json!({ "urls": shared.delivery.urls() }),
+                    )
                 }
-                Err(e) => err(ApiError::unprocessable(vec![format!("url is not a URL: {e}")])),
+                Err(e) => err(ApiError::unprocessable(vec![format!(
+                    "url is not a URL: {e}"
+                )])),
             },
             Err(r) => r,
         },
@@ -152,7 +185,11 @@ pub async fn handle(shared: &Shared, method: &Method, uri: &Uri, headers: &Heade
                 let policy = match b.retry.as_str() {
                     "on429" | "on_429" | "429" => RetryPolicy::On429,
                     "always" => RetryPolicy::Always,
-                    other => return err(ApiError::unprocessable(vec![format!("retry must be on429 or always, got {other}")])),
+                    other => {
+                        return err(ApiError::unprocessable(vec![format!(
+                            "retry must be on429 or always, got {other}"
+                        )]));
+                    }
                 };
                 shared.delivery.set_policy(policy);
                 reply(StatusCode::OK, json!({ "retry": policy }))
@@ -162,7 +199,10 @@ pub async fn handle(shared: &Shared, method: &Method, uri: &Uri, headers: &Heade
         (Method::GET, ["webhooks", "log"]) => reply(StatusCode::OK, json!(shared.delivery.log())),
         (Method::GET, ["rate-limit"]) => {
             let c = shared.limiter.config();
-            reply(StatusCode::OK, json!({ "enabled": c.enabled, "burst": c.burst, "intervalMs": c.interval.as_millis() as u64, "daily": c.daily }))
+            reply(
+                StatusCode::OK,
+                json!({ "enabled": c.enabled, "burst": c.burst, "intervalMs": c.interval.as_millis() as u64, "daily": c.daily }),
+            )
         }
         (Method::PUT, ["rate-limit"]) => match parse::<RateBody>(body) {
             Ok(b) => {
@@ -181,31 +221,53 @@ pub async fn handle(shared: &Shared, method: &Method, uri: &Uri, headers: &Heade
                 }
                 shared.limiter.set_config(c);
                 shared.limiter.reset();
-                reply(StatusCode::OK, json!({ "enabled": c.enabled, "burst": c.burst, "intervalMs": c.interval.as_millis() as u64, "daily": c.daily }))
+                reply(
+                    StatusCode::OK,
+                    json!({ "enabled": c.enabled, "burst": c.burst, "intervalMs": c.interval.as_millis() as u64, "daily": c.daily }),
+                )
             }
             Err(r) => r,
         },
         (Method::POST, ["rate-limit", "exhaust-daily"]) => match parse::<ExhaustBody>(body) {
             Ok(b) => {
                 let app = b.app_id.unwrap_or_else(|| "private-integration".into());
-                shared.limiter.exhaust_daily(&format!("{app}:{}", b.location_id));
-                reply(StatusCode::OK, json!({ "exhausted": format!("{app}:{}", b.location_id) }))
+                shared
+                    .limiter
+                    .exhaust_daily(&format!("{app}:{}", b.location_id));
+                reply(
+                    StatusCode::OK,
+                    json!({ "exhausted": format!("{app}:{}", b.location_id) }),
+                )
             }
             Err(r) => r,
         },
         (Method::POST, ["tokens"]) => match parse::<TokenBody>(body) {
             Ok(b) => {
                 let caller = Caller {
-                    location_id: if b.agency { None } else { Some(b.location_id.unwrap_or_else(|| info.location_id.clone())) },
+                    location_id: if b.agency {
+                        None
+                    } else {
+                        Some(b.location_id.unwrap_or_else(|| info.location_id.clone()))
+                    },
                     company_id: Some(b.company_id.unwrap_or_else(|| info.company_id.clone())),
-                    user_type: if b.agency { UserType::Company } else { UserType::Location },
+                    user_type: if b.agency {
+                        UserType::Company
+                    } else {
+                        UserType::Location
+                    },
                     app_id: b.app_id.unwrap_or_else(|| "private-integration".into()),
                 };
                 let scopes = b.scopes.unwrap_or_else(|| auth::ALL_SCOPES.clone());
                 let token = format!("pit-{}", new_id());
                 let ttl = b.expires_in_seconds.map(|s| s * 1000);
-                match shared.mutate(|ctx| auth::store_token(ctx, &token, &caller, &scopes, ttl, "pit")).await {
-                    Ok(()) => reply(StatusCode::CREATED, json!({ "token": token, "scopes": scopes })),
+                match shared
+                    .mutate(|ctx| auth::store_token(ctx, &token, &caller, &scopes, ttl, "pit"))
+                    .await
+                {
+                    Ok(()) => reply(
+                        StatusCode::CREATED,
+                        json!({ "token": token, "scopes": scopes }),
+                    ),
                     Err(e) => err(e),
                 }
             }
@@ -216,8 +278,13 @@ pub async fn handle(shared: &Shared, method: &Method, uri: &Uri, headers: &Heade
                 let loc = location.to_string();
                 let result = shared
                     .mutate(|ctx| {
-                        let mut doc = ctx.find("location", &loc, "Location", &admin_req_stub())?.as_ref().clone();
-                        if let (Some(settings), Some(p)) = (doc["settings"].as_object_mut(), patch.as_object()) {
+                        let mut doc = ctx
+                            .find("location", &loc, "Location", &admin_req_stub())?
+                            .as_ref()
+                            .clone();
+                        if let (Some(settings), Some(p)) =
+                            (doc["settings"].as_object_mut(), patch.as_object())
+                        {
                             for (k, v) in p {
                                 settings.insert(k.clone(), v.clone());
                             }
@@ -233,7 +300,10 @@ pub async fn handle(shared: &Shared, method: &Method, uri: &Uri, headers: &Heade
             }
             Err(r) => r,
         },
-        _ => err(ApiError::new(404, format!("Cannot {method} {}", uri.path()))),
+        _ => err(ApiError::new(
+            404,
+            format!("Cannot {method} {}", uri.path()),
+        )),
     }
 }
 

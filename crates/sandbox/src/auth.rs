@@ -26,7 +26,12 @@ pub const REFRESH: &str = "_refresh_token";
 /// Every scope the sandbox knows: those of the operation table plus the OAuth ones.
 pub static ALL_SCOPES: LazyLock<Vec<String>> = LazyLock::new(|| {
     let mut set: BTreeSet<String> = OPERATIONS.iter().map(|o| o.scope.to_string()).collect();
-    for extra in ["oauth.readonly", "oauth.write", "locations.readonly", "companies.readonly"] {
+    for extra in [
+        "oauth.readonly",
+        "oauth.write",
+        "locations.readonly",
+        "companies.readonly",
+    ] {
         set.insert(extra.to_string());
     }
     set.into_iter().collect()
@@ -204,16 +209,30 @@ pub fn token_endpoint(
             let doc = ctx
                 .get(CODE, code)
                 .map(|d| (*d.body).clone())
-                .ok_or_else(|| oauth_error(400, "invalid_grant", "Invalid grant: authorization code is invalid"))?;
+                .ok_or_else(|| {
+                    oauth_error(
+                        400,
+                        "invalid_grant",
+                        "Invalid grant: authorization code is invalid",
+                    )
+                })?;
             if doc["clientId"].as_str() != Some(client_id)
                 || doc["expiresAt"].as_i64().is_none_or(|e| e <= ctx.now_ms)
             {
-                return Err(oauth_error(400, "invalid_grant", "Invalid grant: authorization code is invalid"));
+                return Err(oauth_error(
+                    400,
+                    "invalid_grant",
+                    "Invalid grant: authorization code is invalid",
+                ));
             }
             if let (Some(want), Some(given)) = (doc["redirectUri"].as_str(), get("redirect_uri"))
                 && want != given
             {
-                return Err(oauth_error(400, "invalid_grant", "Invalid grant: redirect_uri does not match"));
+                return Err(oauth_error(
+                    400,
+                    "invalid_grant",
+                    "Invalid grant: redirect_uri does not match",
+                ));
             }
             (doc, CODE, code.to_string())
         }
@@ -224,9 +243,19 @@ pub fn token_endpoint(
             let doc = ctx
                 .get(REFRESH, rt)
                 .map(|d| (*d.body).clone())
-                .ok_or_else(|| oauth_error(400, "invalid_grant", "Invalid grant: refresh token is invalid"))?;
+                .ok_or_else(|| {
+                    oauth_error(
+                        400,
+                        "invalid_grant",
+                        "Invalid grant: refresh token is invalid",
+                    )
+                })?;
             if doc["clientId"].as_str() != Some(client_id) {
-                return Err(oauth_error(400, "invalid_grant", "Invalid grant: refresh token is invalid"));
+                return Err(oauth_error(
+                    400,
+                    "invalid_grant",
+                    "Invalid grant: refresh token is invalid",
+                ));
             }
             (doc, REFRESH, rt.to_string())
         }
@@ -295,13 +324,17 @@ pub fn location_token(
     let company = &form["companyId"];
     let location = &form["locationId"];
     if grant.caller.company_id.as_deref() != Some(company.as_str()) {
-        return Err(ApiError::forbidden("The token does not have access to this company."));
+        return Err(ApiError::forbidden(
+            "The token does not have access to this company.",
+        ));
     }
     let loc = ctx
         .get("location", location)
         .ok_or_else(|| ApiError::bad_request("Location not found"))?;
     if loc.body["companyId"].as_str() != Some(company.as_str()) {
-        return Err(ApiError::forbidden("The token does not have access to this location."));
+        return Err(ApiError::forbidden(
+            "The token does not have access to this location.",
+        ));
     }
     let caller = Caller {
         location_id: Some(location.clone()),
@@ -310,7 +343,14 @@ pub fn location_token(
         app_id: grant.caller.app_id.clone(),
     };
     let access = format!("sbx_lt_{}{}", new_id(), new_id());
-    store_token(ctx, &access, &caller, &grant.scopes, Some(ttl_ms), "location")?;
+    store_token(
+        ctx,
+        &access,
+        &caller,
+        &grant.scopes,
+        Some(ttl_ms),
+        "location",
+    )?;
     Ok(json!({
         "access_token": access,
         "token_type": "Bearer",
@@ -331,7 +371,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn form(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -345,32 +388,60 @@ mod tests {
             user_type: UserType::Location,
             app_id: "cid".into(),
         };
-        let code = issue_code(&mut ctx, "cid", "http://127.0.0.1/cb", &caller, &["contacts.readonly".into()])
-            .expect("code");
+        let code = issue_code(
+            &mut ctx,
+            "cid",
+            "http://127.0.0.1/cb",
+            &caller,
+            &["contacts.readonly".into()],
+        )
+        .expect("code");
         let first = token_endpoint(
             &mut ctx,
-            &form(&[("client_id", "cid"), ("client_secret", "secret"), ("grant_type", "authorization_code"), ("code", &code)]),
+            &form(&[
+                ("client_id", "cid"),
+                ("client_secret", "secret"),
+                ("grant_type", "authorization_code"),
+                ("code", &code),
+            ]),
             60_000,
         )
         .expect("exchange");
         // The code is single use.
-        assert!(token_endpoint(
-            &mut ctx,
-            &form(&[("client_id", "cid"), ("client_secret", "secret"), ("grant_type", "authorization_code"), ("code", &code)]),
-            60_000,
-        )
-        .is_err());
+        assert!(
+            token_endpoint(
+                &mut ctx,
+                &form(&[
+                    ("client_id", "cid"),
+                    ("client_secret", "secret"),
+                    ("grant_type", "authorization_code"),
+                    ("code", &code)
+                ]),
+                60_000,
+            )
+            .is_err()
+        );
         let rt1 = first["refresh_token"].as_str().expect("rt").to_string();
         let second = token_endpoint(
             &mut ctx,
-            &form(&[("client_id", "cid"), ("client_secret", "secret"), ("grant_type", "refresh_token"), ("refresh_token", &rt1)]),
+            &form(&[
+                ("client_id", "cid"),
+                ("client_secret", "secret"),
+                ("grant_type", "refresh_token"),
+                ("refresh_token", &rt1),
+            ]),
             60_000,
         )
         .expect("refresh");
         assert_ne!(second["refresh_token"], first["refresh_token"]);
         let again = token_endpoint(
             &mut ctx,
-            &form(&[("client_id", "cid"), ("client_secret", "secret"), ("grant_type", "refresh_token"), ("refresh_token", &rt1)]),
+            &form(&[
+                ("client_id", "cid"),
+                ("client_secret", "secret"),
+                ("grant_type", "refresh_token"),
+                ("refresh_token", &rt1),
+            ]),
             60_000,
         );
         assert_eq!(again.map_err(|e| e.status), Err(400));
@@ -380,7 +451,12 @@ mod tests {
         assert!(!grant.has_scope("contacts.write"));
         let wrong_secret = token_endpoint(
             &mut ctx,
-            &form(&[("client_id", "cid"), ("client_secret", "nope"), ("grant_type", "refresh_token"), ("refresh_token", "x")]),
+            &form(&[
+                ("client_id", "cid"),
+                ("client_secret", "nope"),
+                ("grant_type", "refresh_token"),
+                ("refresh_token", "x"),
+            ]),
             60_000,
         );
         assert_eq!(wrong_secret.map_err(|e| e.status), Err(401));
@@ -401,7 +477,12 @@ mod tests {
             assert!(authenticate(&ctx, Some("Bearer t")).is_ok());
         }
         let ctx = Ctx::new(Guard::Read(docs.read()), 1_600);
-        assert_eq!(authenticate(&ctx, Some("Bearer t")).map(|_| ()).map_err(|e| e.status), Err(401));
+        assert_eq!(
+            authenticate(&ctx, Some("Bearer t"))
+                .map(|_| ())
+                .map_err(|e| e.status),
+            Err(401)
+        );
         assert!(authenticate(&ctx, None).is_err());
     }
 }

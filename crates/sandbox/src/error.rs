@@ -57,7 +57,9 @@ impl ApiError {
 
     /// Adds a `meta` object to the error body.
     pub fn with_meta(mut self, meta: Value) -> Self {
-        self.extra.get_or_insert_with(Default::default).insert("meta".into(), meta);
+        self.extra
+            .get_or_insert_with(Default::default)
+            .insert("meta".into(), meta);
         self
     }
 

@@ -98,7 +98,10 @@ impl Faults {
             }
         }
         if !(100..=599).contains(&rule.status) {
-            return Err(format!("status must be an HTTP status, got {}", rule.status));
+            return Err(format!(
+                "status must be an HTTP status, got {}",
+                rule.status
+            ));
         }
         let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         rule.id = format!("fault-{n}");
@@ -152,7 +155,8 @@ impl Faults {
                 inj.drop_connection = true;
             }
             inj.webhook_drop_rate = inj.webhook_drop_rate.max(rule.webhook_drop_rate);
-            inj.webhook_duplicate_rate = inj.webhook_duplicate_rate.max(rule.webhook_duplicate_rate);
+            inj.webhook_duplicate_rate =
+                inj.webhook_duplicate_rate.max(rule.webhook_duplicate_rate);
         }
         rules.retain(|r| r.remaining != Some(0));
         inj

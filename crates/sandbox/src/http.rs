@@ -58,7 +58,11 @@ fn route_template(path: &str) -> String {
         })
         .collect();
     let joined = segs.join("/");
-    if joined.is_empty() { "/".into() } else { joined }
+    if joined.is_empty() {
+        "/".into()
+    } else {
+        joined
+    }
 }
 
 fn method_of(m: &HttpMethod) -> Option<Method> {
@@ -119,12 +123,10 @@ async fn dispatch(
     if path.starts_with("/oauth/") {
         return oauth(&shared, &method, &uri, &headers, &body).await;
     }
-    let not_found = || {
-        ApiError {
-            status: 404,
-            message: json!(format!("Cannot {method} {path}")),
-            extra: None,
-        }
+    let not_found = || ApiError {
+        status: 404,
+        message: json!(format!("Cannot {method} {path}")),
+        extra: None,
     };
     let normalized = {
         let t = path.trim_end_matches('/');
@@ -133,7 +135,8 @@ async fn dispatch(
     let Ok(matched) = ROUTES.at(normalized) else {
         return error_response(&not_found(), None);
     };
-    let Some(op) = method_of(&method).and_then(|m| matched.value.iter().find(|op| op.method == m).copied())
+    let Some(op) =
+        method_of(&method).and_then(|m| matched.value.iter().find(|op| op.method == m).copied())
     else {
         return error_response(&not_found(), None);
     };
@@ -201,10 +204,7 @@ async fn serve_operation(
         }
     };
     if injection.rate_limited {
-        let h = Headers {
-            remaining: 0,
-            ..rl
-        };
+        let h = Headers { remaining: 0, ..rl };
         return error_response(&ApiError::new(429, "Too many requests"), Some(&h));
     }
     if injection.drop_connection {
@@ -225,13 +225,19 @@ async fn serve_operation(
     match (op.token, grant.caller.user_type) {
         (TokenKind::Agency, UserType::Location) => {
             return error_response(
-                &ApiError::unauthorized("This route is only available with an Agency (Company) access token"),
+                &ApiError::unauthorized(
+                    "This route is only available with an Agency (Company) access token",
+                ),
                 Some(&rl),
             );
         }
-        (TokenKind::Location, UserType::Company) if op.path.contains("{locationId}") || op.param("locationId").is_none() => {
+        (TokenKind::Location, UserType::Company)
+            if op.path.contains("{locationId}") || op.param("locationId").is_none() =>
+        {
             return error_response(
-                &ApiError::unauthorized("This route is only available with a Location (Sub-Account) access token"),
+                &ApiError::unauthorized(
+                    "This route is only available with a Location (Sub-Account) access token",
+                ),
                 Some(&rl),
             );
         }
@@ -282,7 +288,11 @@ async fn serve_operation(
         };
         let mut ctx = Ctx::new(guard, now);
         let result = handler(&mut ctx, &req);
-        (result, std::mem::take(&mut ctx.writes), std::mem::take(&mut ctx.events))
+        (
+            result,
+            std::mem::take(&mut ctx.writes),
+            std::mem::take(&mut ctx.events),
+        )
     };
     match result {
         Ok(reply) => {
@@ -297,11 +307,10 @@ async fn serve_operation(
             match reply.raw {
                 Some((content_type, bytes)) => {
                     let mut resp = Response::new(Body::from(bytes));
-                    *resp.status_mut() = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK);
-                    resp.headers_mut().insert(
-                        "content-type",
-                        HeaderValue::from_static(content_type),
-                    );
+                    *resp.status_mut() =
+                        StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK);
+                    resp.headers_mut()
+                        .insert("content-type", HeaderValue::from_static(content_type));
                     add_rl_headers(resp.headers_mut(), &rl);
                     resp
                 }
@@ -367,14 +376,21 @@ async fn oauth(
         (HttpMethod::GET, "/oauth/chooselocation") => choose_location(shared, &query).await,
         (HttpMethod::POST, "/oauth/token") => {
             let form = form_of(body);
-            match shared.mutate(|ctx| auth::token_endpoint(ctx, &form, ttl_ms)).await {
+            match shared
+                .mutate(|ctx| auth::token_endpoint(ctx, &form, ttl_ms))
+                .await
+            {
                 Ok(v) => json_response(200, &v, None),
                 Err(e) => error_response(&e, None),
             }
         }
-        (HttpMethod::POST, "/oauth/locationToken") | (HttpMethod::GET, "/oauth/installedLocations") => {
+        (HttpMethod::POST, "/oauth/locationToken")
+        | (HttpMethod::GET, "/oauth/installedLocations") => {
             if headers.get("version").is_none() {
-                return error_response(&ApiError::bad_request("Version header was not found"), None);
+                return error_response(
+                    &ApiError::bad_request("Version header was not found"),
+                    None,
+                );
             }
             let authz = headers.get("authorization").and_then(|v| v.to_str().ok());
             let grant = {
@@ -386,16 +402,25 @@ async fn oauth(
             };
             if path == "/oauth/locationToken" {
                 if !grant.has_scope("oauth.write") {
-                    return error_response(&ApiError::unauthorized("The token is not authorized for this scope."), None);
+                    return error_response(
+                        &ApiError::unauthorized("The token is not authorized for this scope."),
+                        None,
+                    );
                 }
                 let form = form_of(body);
-                match shared.mutate(|ctx| auth::location_token(ctx, &grant, &form, ttl_ms)).await {
+                match shared
+                    .mutate(|ctx| auth::location_token(ctx, &grant, &form, ttl_ms))
+                    .await
+                {
                     Ok(v) => json_response(201, &v, None),
                     Err(e) => error_response(&e, None),
                 }
             } else {
                 if !grant.has_scope("oauth.readonly") {
-                    return error_response(&ApiError::unauthorized("The token is not authorized for this scope."), None);
+                    return error_response(
+                        &ApiError::unauthorized("The token is not authorized for this scope."),
+                        None,
+                    );
                 }
                 installed_locations(shared, &grant, &query)
             }
@@ -411,15 +436,28 @@ async fn oauth(
     }
 }
 
-fn installed_locations(shared: &Shared, grant: &Grant, query: &HashMap<String, String>) -> Response {
+fn installed_locations(
+    shared: &Shared,
+    grant: &Grant,
+    query: &HashMap<String, String>,
+) -> Response {
     let Some(company) = query.get("companyId").filter(|c| !c.is_empty()) else {
-        return error_response(&ApiError::unprocessable(vec!["companyId should not be empty".into()]), None);
+        return error_response(
+            &ApiError::unprocessable(vec!["companyId should not be empty".into()]),
+            None,
+        );
     };
     if grant.caller.company_id.as_deref() != Some(company.as_str()) {
-        return error_response(&ApiError::forbidden("The token does not have access to this company."), None);
+        return error_response(
+            &ApiError::forbidden("The token does not have access to this company."),
+            None,
+        );
     }
     let skip: usize = query.get("skip").and_then(|s| s.parse().ok()).unwrap_or(0);
-    let limit: usize = query.get("limit").and_then(|s| s.parse().ok()).unwrap_or(20);
+    let limit: usize = query
+        .get("limit")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
     let docs = shared.docs.read();
     let all: Vec<Value> = docs
         .iter("location")
@@ -443,18 +481,30 @@ async fn choose_location(shared: &Shared, q: &HashMap<String, String>) -> Respon
     let client_id = q.get("client_id").cloned().unwrap_or_default();
     let redirect_uri = q.get("redirect_uri").cloned().unwrap_or_default();
     if client_id.is_empty() || redirect_uri.is_empty() {
-        return (StatusCode::BAD_REQUEST, "client_id and redirect_uri are required").into_response();
+        return (
+            StatusCode::BAD_REQUEST,
+            "client_id and redirect_uri are required",
+        )
+            .into_response();
     }
     let (company_id, locations) = {
         let docs = shared.docs.read();
         let Some(client) = docs.get(auth::CLIENT, &client_id) else {
             return (StatusCode::BAD_REQUEST, "Unknown client_id").into_response();
         };
-        let company = client.body["companyId"].as_str().unwrap_or_default().to_string();
+        let company = client.body["companyId"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         let locs: Vec<(String, String)> = docs
             .iter("location")
             .filter(|(_, d)| d.body["companyId"].as_str() == Some(company.as_str()))
-            .map(|(id, d)| (id.clone(), d.body["name"].as_str().unwrap_or_default().to_string()))
+            .map(|(id, d)| {
+                (
+                    id.clone(),
+                    d.body["name"].as_str().unwrap_or_default().to_string(),
+                )
+            })
             .collect();
         (company, locs)
     };
@@ -465,16 +515,34 @@ async fn choose_location(shared: &Shared, q: &HashMap<String, String>) -> Respon
     let state = q.get("state").cloned();
     let approve = q.get("approve").is_some_and(|v| v == "1" || v == "true");
     let chosen_location = q.get("location_id").cloned();
-    let agency = q.get("user_type").is_some_and(|v| v.eq_ignore_ascii_case("company"));
+    let agency = q
+        .get("user_type")
+        .is_some_and(|v| v.eq_ignore_ascii_case("company"));
     if approve {
         let caller = crate::handlers::Caller {
-            location_id: if agency { None } else { chosen_location.clone() },
+            location_id: if agency {
+                None
+            } else {
+                chosen_location.clone()
+            },
             company_id: Some(company_id.clone()),
-            user_type: if agency { UserType::Company } else { UserType::Location },
+            user_type: if agency {
+                UserType::Company
+            } else {
+                UserType::Location
+            },
             app_id: client_id.clone(),
         };
-        if !agency && chosen_location.as_ref().is_none_or(|l| !locations.iter().any(|(id, _)| id == l)) {
-            return (StatusCode::BAD_REQUEST, "Choose one of the listed locations").into_response();
+        if !agency
+            && chosen_location
+                .as_ref()
+                .is_none_or(|l| !locations.iter().any(|(id, _)| id == l))
+        {
+            return (
+                StatusCode::BAD_REQUEST,
+                "Choose one of the listed locations",
+            )
+                .into_response();
         }
         let code = match shared
             .mutate(|ctx| auth::issue_code(ctx, &client_id, &redirect_uri, &caller, &scopes))
@@ -485,7 +553,9 @@ async fn choose_location(shared: &Shared, q: &HashMap<String, String>) -> Respon
         };
         let mut target = match url::Url::parse(&redirect_uri) {
             Ok(u) => u,
-            Err(_) => return (StatusCode::BAD_REQUEST, "redirect_uri is not a URL").into_response(),
+            Err(_) => {
+                return (StatusCode::BAD_REQUEST, "redirect_uri is not a URL").into_response();
+            }
         };
         target.query_pairs_mut().append_pair("code", &code);
         if let Some(s) = &state {
@@ -543,9 +613,13 @@ mod tests {
                 .join("/");
             let norm = concrete.trim_end_matches('/');
             let norm = if norm.is_empty() { "/" } else { norm };
-            let m = ROUTES.at(norm).unwrap_or_else(|e| panic!("{} {}: {e}", op.id, op.path));
+            let m = ROUTES
+                .at(norm)
+                .unwrap_or_else(|e| panic!("{} {}: {e}", op.id, op.path));
             assert!(
-                m.value.iter().any(|o| o.id == op.id || (o.method == op.method && o.path == op.path)),
+                m.value
+                    .iter()
+                    .any(|o| o.id == op.id || (o.method == op.method && o.path == op.path)),
                 "{} routed to {:?}",
                 op.id,
                 m.value.iter().map(|o| o.id).collect::<Vec<_>>()

@@ -197,7 +197,11 @@ impl Shared {
         let (out, writes, events) = {
             let mut ctx = Ctx::new(Guard::Write(self.docs.write()), now_ms());
             let out = f(&mut ctx)?;
-            (out, std::mem::take(&mut ctx.writes), std::mem::take(&mut ctx.events))
+            (
+                out,
+                std::mem::take(&mut ctx.writes),
+                std::mem::take(&mut ctx.events),
+            )
         };
         self.persister.persist(writes).await?;
         self.delivery.send(events, 0.0, 0.0);
@@ -243,7 +247,10 @@ impl Sandbox {
         let base_url = format!("http://{addr}");
         let docs = RwLock::new(docs);
 
-        let identity = docs.read().get(IDENTITY, "identity").map(|d| (*d.body).clone());
+        let identity = docs
+            .read()
+            .get(IDENTITY, "identity")
+            .map(|d| (*d.body).clone());
         let fresh = identity.is_none();
         let identity = identity.unwrap_or_else(|| {
             json!({
@@ -258,7 +265,11 @@ impl Sandbox {
             })
         });
         let field = |k: &str| identity[k].as_str().unwrap_or_default().to_string();
-        let signer = match docs.read().get(IDENTITY, "ed25519").and_then(|d| d.body["pem"].as_str().map(str::to_string)) {
+        let signer = match docs
+            .read()
+            .get(IDENTITY, "ed25519")
+            .and_then(|d| d.body["pem"].as_str().map(str::to_string))
+        {
             Some(pem) => WebhookSigner::from_ed25519_pem(&pem)?,
             None => WebhookSigner::generate()?,
         };
@@ -267,7 +278,11 @@ impl Sandbox {
         } else {
             signer
         };
-        let delivery = Delivery::start(signer.clone(), config.webhook_urls.clone(), config.webhook_retry);
+        let delivery = Delivery::start(
+            signer.clone(),
+            config.webhook_urls.clone(),
+            config.webhook_retry,
+        );
         let faults = Faults::default();
         for rule in &config.faults {
             faults.add(rule.clone()).map_err(SandboxError::Fault)?;
@@ -372,7 +387,11 @@ impl Sandbox {
 
     /// Reads a document body (for tests that check state directly).
     pub fn doc(&self, kind: &str, id: &str) -> Option<Value> {
-        self.shared.docs.read().get(kind, id).map(|d| (*d.body).clone())
+        self.shared
+            .docs
+            .read()
+            .get(kind, id)
+            .map(|d| (*d.body).clone())
     }
 
     /// Stops accepting connections and waits for the server to end.
@@ -429,14 +448,40 @@ fn setup_identity(ctx: &mut Ctx<'_>, info: &StartupInfo) -> Result<(), error::Ap
         user_type: UserType::Location,
         app_id: "private-integration".into(),
     };
-    auth::store_token(ctx, &info.token, &location_caller, &auth::ALL_SCOPES, None, "pit")?;
-    auth::store_token(ctx, &info.readonly_token, &location_caller, &auth::readonly_scopes(), None, "pit")?;
+    auth::store_token(
+        ctx,
+        &info.token,
+        &location_caller,
+        &auth::ALL_SCOPES,
+        None,
+        "pit",
+    )?;
+    auth::store_token(
+        ctx,
+        &info.readonly_token,
+        &location_caller,
+        &auth::readonly_scopes(),
+        None,
+        "pit",
+    )?;
     let agency_caller = Caller {
         location_id: None,
         company_id: Some(company.clone()),
         user_type: UserType::Company,
         app_id: "private-integration".into(),
     };
-    auth::store_token(ctx, &info.agency_token, &agency_caller, &auth::ALL_SCOPES, None, "pit")?;
-    auth::register_client(ctx, &info.oauth.client_id, &info.oauth.client_secret, company)
+    auth::store_token(
+        ctx,
+        &info.agency_token,
+        &agency_caller,
+        &auth::ALL_SCOPES,
+        None,
+        "pit",
+    )?;
+    auth::register_client(
+        ctx,
+        &info.oauth.client_id,
+        &info.oauth.client_secret,
+        company,
+    )
 }

@@ -59,7 +59,11 @@ impl RateLimitConfig {
             "ms" => Duration::from_millis(num),
             "s" => Duration::from_secs(num),
             "m" | "min" => Duration::from_secs(num * 60),
-            other => return Err(format!("rate limit {s:?}: unknown unit {other:?} (ms, s, m)")),
+            other => {
+                return Err(format!(
+                    "rate limit {s:?}: unknown unit {other:?} (ms, s, m)"
+                ));
+            }
         };
         if n == 0 || interval.is_zero() {
             return Err(format!("rate limit {s:?} must be positive"));
@@ -94,7 +98,10 @@ impl Headers {
                 self.interval_ms.to_string(),
             ),
             ("x-ratelimit-limit-daily", self.daily_limit.to_string()),
-            ("x-ratelimit-daily-remaining", self.daily_remaining.to_string()),
+            (
+                "x-ratelimit-daily-remaining",
+                self.daily_remaining.to_string(),
+            ),
         ]
     }
 }
@@ -146,7 +153,9 @@ pub struct RateLimiter {
 }
 
 fn utc_day() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp().div_euclid(86_400)
+    time::OffsetDateTime::now_utc()
+        .unix_timestamp()
+        .div_euclid(86_400)
 }
 
 impl RateLimiter {
@@ -204,10 +213,9 @@ impl RateLimiter {
         }
         if cfg.enabled && in_window >= cfg.burst {
             w.rejected += 1;
-            let wait = w
-                .accepted
-                .front()
-                .map_or(cfg.interval, |first| (*first + cfg.interval).saturating_duration_since(now));
+            let wait = w.accepted.front().map_or(cfg.interval, |first| {
+                (*first + cfg.interval).saturating_duration_since(now)
+            });
             return Decision::Burst(headers(in_window, w.daily_used), wait);
         }
         w.accepted.push_back(now);
@@ -283,13 +291,25 @@ mod tests {
         });
         let t0 = Instant::now();
         for i in 0..3 {
-            assert!(matches!(rl.admit("k", t0 + Duration::from_millis(i)), Decision::Allowed(h) if h.remaining == 2 - i as u32));
+            assert!(
+                matches!(rl.admit("k", t0 + Duration::from_millis(i)), Decision::Allowed(h) if h.remaining == 2 - i as u32)
+            );
         }
-        assert!(matches!(rl.admit("k", t0 + Duration::from_millis(10)), Decision::Burst(_, w) if w <= Duration::from_secs(1)));
+        assert!(
+            matches!(rl.admit("k", t0 + Duration::from_millis(10)), Decision::Burst(_, w) if w <= Duration::from_secs(1))
+        );
         // After the interval, two more fit, then the daily budget (5) is gone.
-        assert!(matches!(rl.admit("k", t0 + Duration::from_millis(1100)), Decision::Allowed(_)));
-        assert!(matches!(rl.admit("k", t0 + Duration::from_millis(1101)), Decision::Allowed(h) if h.daily_remaining == 0));
-        assert!(matches!(rl.admit("k", t0 + Duration::from_millis(2500)), Decision::Daily(_)));
+        assert!(matches!(
+            rl.admit("k", t0 + Duration::from_millis(1100)),
+            Decision::Allowed(_)
+        ));
+        assert!(
+            matches!(rl.admit("k", t0 + Duration::from_millis(1101)), Decision::Allowed(h) if h.daily_remaining == 0)
+        );
+        assert!(matches!(
+            rl.admit("k", t0 + Duration::from_millis(2500)),
+            Decision::Daily(_)
+        ));
         let s = rl.stats("k").expect("stats");
         assert_eq!(s.max_window_accepted, 3);
         assert_eq!(s.max_window_attempts, 4);

@@ -21,9 +21,30 @@ const LAST: &[&str] = &[
     "Garcia", "Smith", "Johnson", "Brown", "Jones", "Miller", "Davis", "Lopez", "Wilson", "Moore",
     "Taylor", "Clark", "Lewis", "Walker", "Hall", "Young", "King", "Wright", "Scott", "Green",
 ];
-const TAGS: &[&str] = &["newsletter", "customer", "lead", "vip", "webinar", "trial", "churn-risk", "partner"];
-const SOURCES: &[&str] = &["public api", "website form", "facebook", "import", "ecosend"];
-const TASK_TITLES: &[&str] = &["Call back", "Send proposal", "Follow up on demo", "Renewal check-in", "Collect feedback"];
+const TAGS: &[&str] = &[
+    "newsletter",
+    "customer",
+    "lead",
+    "vip",
+    "webinar",
+    "trial",
+    "churn-risk",
+    "partner",
+];
+const SOURCES: &[&str] = &[
+    "public api",
+    "website form",
+    "facebook",
+    "import",
+    "ecosend",
+];
+const TASK_TITLES: &[&str] = &[
+    "Call back",
+    "Send proposal",
+    "Follow up on demo",
+    "Renewal check-in",
+    "Collect feedback",
+];
 const NOTES: &[&str] = &[
     "Interested in the annual plan.",
     "Asked for a callback next week.",
@@ -66,10 +87,18 @@ fn custom_value(seed: &mut Seed, field: &Value) -> Option<Value> {
     let kind = field["dataType"].as_str().unwrap_or("TEXT");
     Some(match kind {
         "MONETORY" | "NUMERICAL" => json!(seed.rng.random_range(10..5000)),
-        "CHECKBOX" => json!([field["picklistOptions"].get(0).cloned().unwrap_or(json!("yes"))]),
-        "DATE" => json!(iso(seed.now_ms - seed.rng.random_range(0..(365 * 86_400_000i64)))),
+        "CHECKBOX" => json!([field["picklistOptions"]
+            .get(0)
+            .cloned()
+            .unwrap_or(json!("yes"))]),
+        "DATE" => json!(iso(
+            seed.now_ms - seed.rng.random_range(0..(365 * 86_400_000i64))
+        )),
         "SINGLE_OPTIONS" | "RADIO" => {
-            let opts = field["picklistOptions"].as_array().cloned().unwrap_or_default();
+            let opts = field["picklistOptions"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
             if opts.is_empty() {
                 return None;
             }
@@ -107,7 +136,12 @@ fn contacts(ctx: &mut Ctx<'_>, seed: &mut Seed) -> Result<(), ApiError> {
                 custom.push(json!({ "id": f["id"], "value": v }));
             }
         }
-        let email = format!("{}.{}{}@example.com", first.to_lowercase(), last.to_lowercase(), i);
+        let email = format!(
+            "{}.{}{}@example.com",
+            first.to_lowercase(),
+            last.to_lowercase(),
+            i
+        );
         let phone = normalize_phone(&format!("+1512555{:04}", i));
         let assigned = seed.pick("user");
         let c = json!({

@@ -127,7 +127,11 @@ impl Docs {
 
     fn reindex(&mut self, kind: &str, id: &str, body: &Value) {
         for (k, f) in INDEXED.iter().filter(|(k, _)| *k == kind) {
-            if let Some(v) = body.get(*f).and_then(Value::as_str).filter(|v| !v.is_empty()) {
+            if let Some(v) = body
+                .get(*f)
+                .and_then(Value::as_str)
+                .filter(|v| !v.is_empty())
+            {
                 self.index
                     .entry((*k, *f, v.to_string()))
                     .or_default()

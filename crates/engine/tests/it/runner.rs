@@ -394,3 +394,62 @@ async fn template_errors_are_dead_at_once() {
         d.run.last_error
     );
 }
+
+/// Rough throughput figure (not a benchmark): `cargo test -p hlbridge-engine --release --test it throughput -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "timing smoke test; run by hand"]
+async fn throughput_smoke() {
+    const N: usize = 2_000;
+    let fake = FakeHighLevel::new();
+    let mut cfg = config("throughput");
+    cfg.claim_batch = 64;
+    let one_step = r#"
+id = "one"
+location_id = "loc1"
+[trigger]
+type = "app_webhook"
+secret = "s"
+[[steps]]
+id = "tag"
+type = "highlevel"
+operation = "contacts.tags.add"
+params = { contactId = "{{ event.id }}", tags = ["{{ event.tag }}"] }
+"#;
+    let engine = engine_with("throughput", cfg, &fake, &[one_step]).await;
+    let start = std::time::Instant::now();
+    for i in 0..N {
+        engine
+            .enqueue(
+                "one",
+                &format!("k{i}"),
+                json!({"id": format!("c{i}"), "tag": "t"}),
+            )
+            .await
+            .expect("enqueue");
+    }
+    let enqueued = start.elapsed();
+    let stop = CancellationToken::new();
+    let workers = engine.spawn_workers(&stop);
+    wait_for(120, "all runs", || async {
+        engine
+            .store()
+            .count_runs(Some("one"))
+            .await
+            .map(|c| {
+                c.iter()
+                    .any(|(s, n)| *s == RunState::Succeeded && *n as usize == N)
+            })
+            .unwrap_or(false)
+    })
+    .await;
+    let total = start.elapsed();
+    stop.cancel();
+    for w in workers {
+        let _ = w.await;
+    }
+    println!(
+        "{N} events enqueued in {enqueued:?} ({:.0}/s); all runs done in {total:?} ({:.0} runs/s end to end)",
+        N as f64 / enqueued.as_secs_f64(),
+        N as f64 / total.as_secs_f64()
+    );
+}

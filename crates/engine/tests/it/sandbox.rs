@@ -8,7 +8,7 @@ use hlbridge_highlevel::{Auth, Client, ClientConfig, Url};
 use hlbridge_sandbox::{Sandbox, SandboxConfig};
 use serde_json::json;
 
-use crate::fake::{config, temp_dir};
+use crate::fake::config;
 
 const FLOW: &str = r#"
 id = "tag_sync"
@@ -43,7 +43,9 @@ params = { contactId = "{{ steps.up.contact.id }}" }
 
 #[tokio::test]
 async fn a_flow_changes_the_sandbox_through_the_real_client() {
-    let sandbox = Sandbox::start(SandboxConfig::for_tests()).await.expect("sandbox");
+    let sandbox = Sandbox::start(SandboxConfig::for_tests())
+        .await
+        .expect("sandbox");
     let info = sandbox.info();
     let client = Client::new(ClientConfig {
         base_url: Url::parse(&info.base_url).expect("url"),
@@ -59,19 +61,44 @@ async fn a_flow_changes_the_sandbox_through_the_real_client() {
         },
     );
     let api: Arc<dyn HighLevelApi> = Arc::new(ClientApi::new(client, conns));
-    let engine = hlbridge_engine::Engine::open_with(config("sandbox"), api).await.expect("engine");
-    let flow = hlbridge_engine::validate::compile_source("tag_sync.toml", FLOW, &Default::default())
-        .unwrap_or_else(|d| panic!("{}", d.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")));
+    let engine = hlbridge_engine::Engine::open_with(config("sandbox"), api)
+        .await
+        .expect("engine");
+    let flow =
+        hlbridge_engine::validate::compile_source("tag_sync.toml", FLOW, &Default::default())
+            .unwrap_or_else(|d| {
+                panic!(
+                    "{}",
+                    d.iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                )
+            });
     engine.add_flows(vec![flow]).await.expect("flows");
 
     let d = engine
-        .run_now("tag_sync", json!({"email": "ada@example.com", "first_name": "Ada", "tags": ["vip", "newsletter"]}))
+        .run_now(
+            "tag_sync",
+            json!({"email": "ada@example.com", "first_name": "Ada", "tags": ["vip", "newsletter"]}),
+        )
         .await
         .expect("run");
     assert_eq!(d.run.state, RunState::Succeeded, "{d:#?}");
-    let contact = d.steps.iter().find(|s| s.step_id == "check").and_then(|s| s.output.clone()).expect("check output");
-    let tags = contact["contact"]["tags"].as_array().cloned().unwrap_or_default();
-    assert!(tags.contains(&json!("vip")) && tags.contains(&json!("newsletter")), "{contact:#}");
+    let contact = d
+        .steps
+        .iter()
+        .find(|s| s.step_id == "check")
+        .and_then(|s| s.output.clone())
+        .expect("check output");
+    let tags = contact["contact"]["tags"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        tags.contains(&json!("vip")) && tags.contains(&json!("newsletter")),
+        "{contact:#}"
+    );
     assert_eq!(contact["contact"]["firstName"], "Ada");
 
     // A missing contact is a 4xx: dead at once, with HighLevel's body.
@@ -86,11 +113,11 @@ type = "highlevel"
 operation = "contacts.get"
 params = { contactId = "does-not-exist" }
 "#;
-    let flow = hlbridge_engine::validate::compile_source("bad.toml", bad, &Default::default()).expect("compiles");
+    let flow = hlbridge_engine::validate::compile_source("bad.toml", bad, &Default::default())
+        .expect("compiles");
     engine.add_flows(vec![flow]).await.expect("flows");
     let d = engine.run_now("bad", json!({})).await.expect("run");
     assert_eq!((d.run.state, d.run.attempts), (RunState::Dead, 1), "{d:#?}");
     assert!(d.error_body.is_some());
     sandbox.shutdown().await;
-    let _ = temp_dir("unused");
 }

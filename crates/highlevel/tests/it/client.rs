@@ -507,3 +507,17 @@ async fn non_json_and_empty_bodies() {
         Some("<html>bad gateway</html>")
     );
 }
+
+#[test]
+fn client_and_futures_can_cross_threads() {
+    fn is_send_sync<T: Send + Sync + Clone + 'static>(_: &T) {}
+    fn is_send<T: Send + 'static>(_: T) {}
+    let client = hlbridge_highlevel::Client::new(hlbridge_highlevel::ClientConfig::default())
+        .expect("client");
+    let auth = Auth::token("t");
+    is_send_sync(&client);
+    is_send_sync(&auth);
+    let (c, a) = (client.clone(), auth.clone());
+    is_send(async move { c.call(&a, op("contacts.get"), &json!({})).await });
+    is_send(client.paginate(&auth, op("contacts.list"), json!({})));
+}

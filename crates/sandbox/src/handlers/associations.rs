@@ -44,8 +44,20 @@ pub fn register(map: &mut HashMap<&'static str, Handler>) {
 /// The SYSTEM_DEFINED associations of every location: key, first object, first label, second
 /// object, second label.
 const SYSTEM: &[(&str, &str, &str, &str, &str)] = &[
-    ("contact_business", "contact", "Contact", "business", "Business"),
-    ("contact_opportunity", "contact", "Contact", "opportunity", "Opportunity"),
+    (
+        "contact_business",
+        "contact",
+        "Contact",
+        "business",
+        "Business",
+    ),
+    (
+        "contact_opportunity",
+        "contact",
+        "Contact",
+        "opportunity",
+        "Opportunity",
+    ),
 ];
 
 fn str_of<'v>(v: &'v Value, k: &str) -> &'v str {
@@ -80,7 +92,11 @@ fn system_associations(location_id: &str) -> Vec<Value> {
 /// creation order.
 fn all_associations(ctx: &Ctx<'_>, location_id: &str) -> Vec<Value> {
     let mut out = system_associations(location_id);
-    out.extend(ctx.list(ASSOCIATION, location_id).iter().map(|a| (**a).clone()));
+    out.extend(
+        ctx.list(ASSOCIATION, location_id)
+            .iter()
+            .map(|a| (**a).clone()),
+    );
     out
 }
 
@@ -101,7 +117,10 @@ fn association_by_id(ctx: &Ctx<'_>, req: &Req, id: &str) -> Result<Value, ApiErr
 fn object_key_supported(ctx: &Ctx<'_>, loc: &str, key: &str) -> bool {
     key == CONTACT
         || (key.starts_with("custom_objects.")
-            && ctx.list(OBJECT_SCHEMA, loc).iter().any(|s| str_of(s, "key") == key))
+            && ctx
+                .list(OBJECT_SCHEMA, loc)
+                .iter()
+                .any(|s| str_of(s, "key") == key))
 }
 
 /// Whether a record of `object_key` with `id` exists in the location (only checked for the
@@ -114,9 +133,9 @@ fn record_exists(ctx: &Ctx<'_>, loc: &str, object_key: &str, id: &str) -> bool {
     match object_key {
         CONTACT => in_loc(CONTACT),
         OPPORTUNITY => in_loc(OPPORTUNITY),
-        k if k.starts_with("custom_objects.") => ctx
-            .get(OBJECT_RECORD, id)
-            .is_some_and(|d| d.location_id.as_deref() == Some(loc) && str_of(&d.body, "objectKey") == k),
+        k if k.starts_with("custom_objects.") => ctx.get(OBJECT_RECORD, id).is_some_and(|d| {
+            d.location_id.as_deref() == Some(loc) && str_of(&d.body, "objectKey") == k
+        }),
         _ => true,
     }
 }
@@ -134,7 +153,10 @@ fn association_event(a: &Value, with_cardinality: bool) -> Value {
         "locationId",
     ];
     if with_cardinality {
-        keys.extend(["firstObjectToSecondObjectCardinality", "secondObjectToFirstObjectCardinality"]);
+        keys.extend([
+            "firstObjectToSecondObjectCardinality",
+            "secondObjectToFirstObjectCardinality",
+        ]);
     }
     for k in keys {
         if let Some(v) = a.get(k) {
@@ -163,7 +185,10 @@ fn relation_event(r: &Value) -> Value {
 }
 
 fn skip_limit(req: &Req) -> Result<(usize, usize), ApiError> {
-    Ok((req.query_usize("skip", 0, usize::MAX)?, req.query_usize("limit", 100, 100)?))
+    Ok((
+        req.query_usize("skip", 0, usize::MAX)?,
+        req.query_usize("limit", 100, 100)?,
+    ))
 }
 
 /// Labels are strings (the spec types them `object`, its examples and HighLevel use strings).
@@ -173,7 +198,11 @@ fn check_labels(req: &Req, names: &[&str]) -> Result<(), ApiError> {
         .filter(|n| req.field(n).is_some_and(|v| !v.is_string()))
         .map(|n| format!("{n} must be a string"))
         .collect();
-    if errs.is_empty() { Ok(()) } else { Err(ApiError::unprocessable(errs)) }
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::unprocessable(errs))
+    }
 }
 
 fn list(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
@@ -209,10 +238,27 @@ fn get_by_object_key(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
 }
 
 /// Creates a user-defined association (validated); shared by the handler and the seeder.
-fn insert_association(ctx: &mut Ctx<'_>, loc: &str, body: &Map<String, Value>) -> Result<Value, ApiError> {
-    let key = body.get("key").and_then(Value::as_str).unwrap_or_default().trim().to_string();
-    let first = body.get("firstObjectKey").and_then(Value::as_str).unwrap_or_default().to_string();
-    let second = body.get("secondObjectKey").and_then(Value::as_str).unwrap_or_default().to_string();
+fn insert_association(
+    ctx: &mut Ctx<'_>,
+    loc: &str,
+    body: &Map<String, Value>,
+) -> Result<Value, ApiError> {
+    let key = body
+        .get("key")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let first = body
+        .get("firstObjectKey")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let second = body
+        .get("secondObjectKey")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
     for k in [&first, &second] {
         if !object_key_supported(ctx, loc, k) {
             return Err(ApiError::bad_request(format!(
@@ -220,8 +266,13 @@ fn insert_association(ctx: &mut Ctx<'_>, loc: &str, body: &Map<String, Value>) -
             )));
         }
     }
-    if all_associations(ctx, loc).iter().any(|a| str_of(a, "key") == key) {
-        return Err(ApiError::bad_request(format!("Association with key {key} already exists")));
+    if all_associations(ctx, loc)
+        .iter()
+        .any(|a| str_of(a, "key") == key)
+    {
+        return Err(ApiError::bad_request(format!(
+            "Association with key {key} already exists"
+        )));
     }
     let id = new_id();
     let now = iso(ctx.now_ms);
@@ -255,7 +306,13 @@ fn create(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
     ])?;
     check_labels(
         req,
-        &["key", "firstObjectLabel", "firstObjectKey", "secondObjectLabel", "secondObjectKey"],
+        &[
+            "key",
+            "firstObjectLabel",
+            "firstObjectKey",
+            "secondObjectLabel",
+            "secondObjectKey",
+        ],
     )?;
     let loc = location_scope(ctx, req)?;
     created(insert_association(ctx, &loc, &req.body_object())?)
@@ -267,7 +324,9 @@ fn update(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
     let id = req.path("associationId")?;
     let old = association_by_id(ctx, req, id)?;
     if str_of(&old, "associationType") == "SYSTEM_DEFINED" {
-        return Err(ApiError::bad_request("SYSTEM_DEFINED associations cannot be updated"));
+        return Err(ApiError::bad_request(
+            "SYSTEM_DEFINED associations cannot be updated",
+        ));
     }
     let mut a = old;
     a["firstObjectLabel"] = req.field("firstObjectLabel").cloned().unwrap_or(json!(""));
@@ -283,7 +342,9 @@ fn delete(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
     let id = req.path("associationId")?;
     let a = association_by_id(ctx, req, id)?;
     if str_of(&a, "associationType") == "SYSTEM_DEFINED" {
-        return Err(ApiError::bad_request("Only USER_DEFINED associations can be deleted"));
+        return Err(ApiError::bad_request(
+            "Only USER_DEFINED associations can be deleted",
+        ));
     }
     let loc = str_of(&a, "locationId").to_string();
     // Deleting an association deletes all its relations.
@@ -305,18 +366,27 @@ fn insert_relation(
     second: &str,
 ) -> Result<Value, ApiError> {
     let assoc_id = str_of(association, "id").to_string();
-    let (k1, k2) = (str_of(association, "firstObjectKey"), str_of(association, "secondObjectKey"));
+    let (k1, k2) = (
+        str_of(association, "firstObjectKey"),
+        str_of(association, "secondObjectKey"),
+    );
     for (key, rec) in [(k1, first), (k2, second)] {
         if !record_exists(ctx, loc, key, rec) {
-            return Err(ApiError::bad_request(format!("Record {rec} of {key} not found")));
+            return Err(ApiError::bad_request(format!(
+                "Record {rec} of {key} not found"
+            )));
         }
     }
     if first == second && k1 == k2 {
-        return Err(ApiError::bad_request("A record cannot be related to itself"));
+        return Err(ApiError::bad_request(
+            "A record cannot be related to itself",
+        ));
     }
     let duplicate = ctx.children(RELATION, &assoc_id).iter().any(|r| {
         (str_of(r, "firstRecordId") == first && str_of(r, "secondRecordId") == second)
-            || (k1 == k2 && str_of(r, "firstRecordId") == second && str_of(r, "secondRecordId") == first)
+            || (k1 == k2
+                && str_of(r, "firstRecordId") == second
+                && str_of(r, "secondRecordId") == first)
     });
     if duplicate {
         return Err(ApiError::bad_request("Relation already exists"));
@@ -338,9 +408,15 @@ fn insert_relation(
 }
 
 fn relation_create(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
-    req.require_fields(&["locationId", "associationId", "firstRecordId", "secondRecordId"])?;
+    req.require_fields(&[
+        "locationId",
+        "associationId",
+        "firstRecordId",
+        "secondRecordId",
+    ])?;
     let loc = location_scope(ctx, req)?;
-    let association = association_by_id(ctx, req, req.field_str("associationId").unwrap_or_default())?;
+    let association =
+        association_by_id(ctx, req, req.field_str("associationId").unwrap_or_default())?;
     let r = insert_relation(
         ctx,
         &loc,
@@ -368,12 +444,26 @@ fn relations_list(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
         .filter(|r| wanted.is_empty() || wanted.contains(&str_of(r, "associationId")))
         // A relation whose record was deleted is gone with it.
         .filter(|r| {
-            record_exists(ctx, &loc, str_of(r, "firstObjectKey"), str_of(r, "firstRecordId"))
-                && record_exists(ctx, &loc, str_of(r, "secondObjectKey"), str_of(r, "secondRecordId"))
+            record_exists(
+                ctx,
+                &loc,
+                str_of(r, "firstObjectKey"),
+                str_of(r, "firstRecordId"),
+            ) && record_exists(
+                ctx,
+                &loc,
+                str_of(r, "secondObjectKey"),
+                str_of(r, "secondRecordId"),
+            )
         })
         .collect();
     let (skip, limit) = skip_limit(req)?;
-    let page: Vec<Value> = all.iter().skip(skip).take(limit).map(|r| (**r).clone()).collect();
+    let page: Vec<Value> = all
+        .iter()
+        .skip(skip)
+        .take(limit)
+        .map(|r| (**r).clone())
+        .collect();
     ok(json!({ "relations": page, "total": all.len(), "traceId": trace_id() }))
 }
 
@@ -399,13 +489,19 @@ pub fn seed(ctx: &mut Ctx<'_>, seed: &mut Seed) -> Result<(), ApiError> {
         "secondObjectLabel": "Referral",
     });
     let a = insert_association(ctx, &loc, body.as_object().unwrap_or(&Map::new()))?;
-    seed.ids.entry("association").or_default().push(str_of(&a, "id").to_string());
+    seed.ids
+        .entry("association")
+        .or_default()
+        .push(str_of(&a, "id").to_string());
     let contacts: Vec<String> = seed.ids("contact").to_vec();
     for pair in contacts.chunks(2).take(8) {
         if let [a_id, b_id] = pair
             && let Ok(r) = insert_relation(ctx, &loc, &a, a_id, b_id)
         {
-            seed.ids.entry("relation").or_default().push(str_of(&r, "id").to_string());
+            seed.ids
+                .entry("relation")
+                .or_default()
+                .push(str_of(&r, "id").to_string());
         }
     }
     if let Some(sys) = system_associations(&loc)
@@ -414,13 +510,19 @@ pub fn seed(ctx: &mut Ctx<'_>, seed: &mut Seed) -> Result<(), ApiError> {
     {
         let opportunities: Vec<String> = seed.ids("opportunity").iter().take(10).cloned().collect();
         for opp in opportunities {
-            let contact = ctx
-                .get(OPPORTUNITY, &opp)
-                .and_then(|d| d.body.get("contactId").and_then(Value::as_str).map(str::to_string));
+            let contact = ctx.get(OPPORTUNITY, &opp).and_then(|d| {
+                d.body
+                    .get("contactId")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            });
             if let Some(c) = contact
                 && let Ok(r) = insert_relation(ctx, &loc, &sys, &c, &opp)
             {
-                seed.ids.entry("relation").or_default().push(str_of(&r, "id").to_string());
+                seed.ids
+                    .entry("relation")
+                    .or_default()
+                    .push(str_of(&r, "id").to_string());
             }
         }
     }
@@ -432,8 +534,8 @@ pub fn seed(ctx: &mut Ctx<'_>, seed: &mut Seed) -> Result<(), ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::handlers::testing::call;
     use crate::handlers::Guard;
+    use crate::handlers::testing::call;
     use crate::store::Docs;
     use parking_lot::RwLock;
 
@@ -451,8 +553,14 @@ mod tests {
     fn contacts(docs: &RwLock<Docs>, ids: &[&str]) {
         let mut ctx = Ctx::new(Guard::Write(docs.write()), 1_700_000_000_000);
         for id in ids {
-            ctx.put(CONTACT, id, Some("loc1"), None, json!({ "id": id, "locationId": "loc1" }))
-                .expect("put");
+            ctx.put(
+                CONTACT,
+                id,
+                Some("loc1"),
+                None,
+                json!({ "id": id, "locationId": "loc1" }),
+            )
+            .expect("put");
         }
     }
 
@@ -485,17 +593,41 @@ mod tests {
             json!({ "firstObjectLabel": "Coach", "secondObjectLabel": "Coachee" }),
         );
         assert_eq!(body(&r)["firstObjectLabel"], "Coach");
-        assert_eq!(ev[0].payload["firstObjectToSecondObjectCardinality"], "MANY_TO_MANY");
-        let (r, _) = call(&docs, "associations.get_by_key", &[("key_name", "mentor")], &Q, Value::Null);
+        assert_eq!(
+            ev[0].payload["firstObjectToSecondObjectCardinality"],
+            "MANY_TO_MANY"
+        );
+        let (r, _) = call(
+            &docs,
+            "associations.get_by_key",
+            &[("key_name", "mentor")],
+            &Q,
+            Value::Null,
+        );
         assert_eq!(body(&r)["secondObjectLabel"], "Coachee");
-        let (r, _) = call(&docs, "associations.list", &[], &[("locationId", "loc1"), ("skip", "0"), ("limit", "10")], Value::Null);
+        let (r, _) = call(
+            &docs,
+            "associations.list",
+            &[],
+            &[("locationId", "loc1"), ("skip", "0"), ("limit", "10")],
+            Value::Null,
+        );
         let b = body(&r);
         assert_eq!(b["total"], 3, "two system associations and ours");
         assert_eq!(b["associations"][2]["id"], id.as_str());
-        let (r, _) = call(&docs, "associations.get_by_object_key", &[("objectKey", "contact")], &Q, Value::Null);
+        let (r, _) = call(
+            &docs,
+            "associations.get_by_object_key",
+            &[("objectKey", "contact")],
+            &Q,
+            Value::Null,
+        );
         assert_eq!(body(&r)["associationType"], "SYSTEM_DEFINED");
         let (r, ev) = call(&docs, "associations.delete", &path, &[], Value::Null);
-        assert_eq!(body(&r), json!({ "deleted": true, "id": id, "message": "Association deleted successfully" }));
+        assert_eq!(
+            body(&r),
+            json!({ "deleted": true, "id": id, "message": "Association deleted successfully" })
+        );
         assert_eq!(ev[0].kind, "AssociationDelete");
         let (r, _) = call(&docs, "associations.get", &path, &[], Value::Null);
         assert_eq!(status(&r), 404);
@@ -503,17 +635,35 @@ mod tests {
         bad["secondObjectKey"] = json!("custom_objects.nope");
         let (r, _) = call(&docs, "associations.create", &[], &[], bad);
         assert_eq!(status(&r), 400);
-        let (r, _) = call(&docs, "associations.create", &[], &[], json!({ "locationId": "loc1" }));
+        let (r, _) = call(
+            &docs,
+            "associations.create",
+            &[],
+            &[],
+            json!({ "locationId": "loc1" }),
+        );
         assert_eq!(status(&r), 422);
     }
 
     #[test]
     fn system_associations_are_read_only() {
         let docs = RwLock::new(Docs::default());
-        let (r, _) = call(&docs, "associations.get_by_key", &[("key_name", "contact_opportunity")], &Q, Value::Null);
+        let (r, _) = call(
+            &docs,
+            "associations.get_by_key",
+            &[("key_name", "contact_opportunity")],
+            &Q,
+            Value::Null,
+        );
         let id = body(&r)["id"].as_str().unwrap_or_default().to_string();
         assert_eq!(id.len(), 20);
-        let (r, _) = call(&docs, "associations.delete", &[("associationId", id.as_str())], &[], Value::Null);
+        let (r, _) = call(
+            &docs,
+            "associations.delete",
+            &[("associationId", id.as_str())],
+            &[],
+            Value::Null,
+        );
         assert_eq!(status(&r), 400);
     }
 
@@ -523,21 +673,51 @@ mod tests {
         contacts(&docs, &["c1", "c2", "c3"]);
         let (r, _) = call(&docs, "associations.create", &[], &[], new_association());
         let aid = body(&r)["id"].as_str().unwrap_or_default().to_string();
-        let rel = |a: &str, b: &str| {
-            json!({ "locationId": "loc1", "associationId": aid, "firstRecordId": a, "secondRecordId": b })
-        };
-        let (r, ev) = call(&docs, "associations.relations.create", &[], &[], rel("c1", "c2"));
+        let rel = |a: &str, b: &str| json!({ "locationId": "loc1", "associationId": aid, "firstRecordId": a, "secondRecordId": b });
+        let (r, ev) = call(
+            &docs,
+            "associations.relations.create",
+            &[],
+            &[],
+            rel("c1", "c2"),
+        );
         assert_eq!(status(&r), 201);
         assert_eq!(ev[0].kind, "RelationCreate");
         assert_eq!(ev[0].payload["firstRecordId"], "c1");
         let rid = body(&r)["id"].as_str().unwrap_or_default().to_string();
-        let (r, _) = call(&docs, "associations.relations.create", &[], &[], rel("c2", "c1"));
+        let (r, _) = call(
+            &docs,
+            "associations.relations.create",
+            &[],
+            &[],
+            rel("c2", "c1"),
+        );
         assert_eq!(status(&r), 400, "same pair");
-        let (r, _) = call(&docs, "associations.relations.create", &[], &[], rel("c1", "missing"));
+        let (r, _) = call(
+            &docs,
+            "associations.relations.create",
+            &[],
+            &[],
+            rel("c1", "missing"),
+        );
         assert_eq!(status(&r), 400, "unknown record");
-        call(&docs, "associations.relations.create", &[], &[], rel("c1", "c3")).0.expect("created");
+        call(
+            &docs,
+            "associations.relations.create",
+            &[],
+            &[],
+            rel("c1", "c3"),
+        )
+        .0
+        .expect("created");
         let lq = [("locationId", "loc1"), ("skip", "0"), ("limit", "1")];
-        let (r, _) = call(&docs, "associations.relations.list", &[("recordId", "c1")], &lq, Value::Null);
+        let (r, _) = call(
+            &docs,
+            "associations.relations.list",
+            &[("recordId", "c1")],
+            &lq,
+            Value::Null,
+        );
         let b = body(&r);
         assert_eq!(b["total"], 2);
         assert_eq!(b["relations"][0]["id"], rid.as_str());
@@ -551,12 +731,30 @@ mod tests {
         );
         assert_eq!(body(&r)["id"], rid.as_str());
         assert_eq!(ev[0].kind, "RelationDelete");
-        let (r, _) = call(&docs, "associations.relations.delete", &[("relationId", rid.as_str())], &Q, Value::Null);
+        let (r, _) = call(
+            &docs,
+            "associations.relations.delete",
+            &[("relationId", rid.as_str())],
+            &Q,
+            Value::Null,
+        );
         assert_eq!(status(&r), 404);
         // Deleting the association removes its remaining relation.
-        let (_, ev) = call(&docs, "associations.delete", &[("associationId", aid.as_str())], &[], Value::Null);
+        let (_, ev) = call(
+            &docs,
+            "associations.delete",
+            &[("associationId", aid.as_str())],
+            &[],
+            Value::Null,
+        );
         assert_eq!(ev.iter().filter(|e| e.kind == "RelationDelete").count(), 1);
-        let (r, _) = call(&docs, "associations.relations.list", &[("recordId", "c1")], &Q, Value::Null);
+        let (r, _) = call(
+            &docs,
+            "associations.relations.list",
+            &[("recordId", "c1")],
+            &Q,
+            Value::Null,
+        );
         assert_eq!(body(&r)["total"], 0);
     }
 }

@@ -59,7 +59,12 @@ fn str_of<'v>(v: &'v Value, k: &str) -> &'v str {
 fn page(req: &Req, items: &[Arc<Value>], skip_param: &str) -> Result<Vec<Value>, ApiError> {
     let skip = req.query_usize(skip_param, 0, usize::MAX)?;
     let limit = req.query_usize("limit", 10, 100)?;
-    Ok(items.iter().skip(skip).take(limit).map(|v| (**v).clone()).collect())
+    Ok(items
+        .iter()
+        .skip(skip)
+        .take(limit)
+        .map(|v| (**v).clone())
+        .collect())
 }
 
 fn search(req: &Req, items: &mut Vec<Arc<Value>>, field: &str) {
@@ -134,13 +139,19 @@ fn validate(ctx: &Ctx<'_>, req: &Req, loc: &str, post_id: Option<&str>) -> Resul
     let mut errs = Vec::new();
     let status = req.field_str("status").unwrap_or_default();
     if !STATUSES.contains(&status) {
-        errs.push(format!("status must be one of the following values: {}", STATUSES.join(", ")));
+        errs.push(format!(
+            "status must be one of the following values: {}",
+            STATUSES.join(", ")
+        ));
     }
     let categories = req.field("categories").and_then(Value::as_array);
     if !categories.is_some_and(|c| c.iter().all(Value::is_string)) {
         errs.push("categories must be an array of strings".into());
     }
-    if req.field("tags").is_some_and(|t| !t.as_array().is_some_and(|t| t.iter().all(Value::is_string))) {
+    if req
+        .field("tags")
+        .is_some_and(|t| !t.as_array().is_some_and(|t| t.iter().all(Value::is_string)))
+    {
         errs.push("tags must be an array of strings".into());
     }
     if req.field("publishedAt").and_then(parse_time_ms).is_none() {
@@ -156,7 +167,12 @@ fn validate(ctx: &Ctx<'_>, req: &Req, loc: &str, post_id: Option<&str>) -> Resul
     if !errs.is_empty() {
         return Err(ApiError::unprocessable(errs));
     }
-    ctx.find(BLOG, req.field_str("blogId").unwrap_or_default(), "Blog", req)?;
+    ctx.find(
+        BLOG,
+        req.field_str("blogId").unwrap_or_default(),
+        "Blog",
+        req,
+    )?;
     let author = req.field_str("author").unwrap_or_default();
     if ctx
         .get(AUTHOR, author)
@@ -219,7 +235,10 @@ fn insert_post(ctx: &mut Ctx<'_>, loc: &str, body: &Map<String, Value>) -> Resul
     });
     apply(&mut post, body);
     if post.get("canonicalLink").is_none() {
-        post["canonicalLink"] = json!(format!("https://blog.sandbox.test/post/{}", str_of(&post, "urlSlug")));
+        post["canonicalLink"] = json!(format!(
+            "https://blog.sandbox.test/post/{}",
+            str_of(&post, "urlSlug")
+        ));
     }
     let blog = str_of(&post, "blogId").to_string();
     ctx.put(POST, &id, Some(loc), Some(&blog), post.clone())?;
@@ -254,7 +273,10 @@ pub fn seed(ctx: &mut Ctx<'_>, seed: &mut Seed) -> Result<(), ApiError> {
     let loc = seed.location_id.clone();
     let now = iso(ctx.now_ms);
     let mut blogs = Vec::new();
-    for (name, slug) in [("Sandbox Insights", "insights"), ("Product Updates", "updates")] {
+    for (name, slug) in [
+        ("Sandbox Insights", "insights"),
+        ("Product Updates", "updates"),
+    ] {
         let id = new_id();
         let b = json!({ "_id": id, "name": name, "locationId": loc, "urlSlug": slug, "createdAt": now, "updatedAt": now });
         ctx.put(BLOG, &id, Some(&loc), None, b)?;
@@ -282,7 +304,10 @@ pub fn seed(ctx: &mut Ctx<'_>, seed: &mut Seed) -> Result<(), ApiError> {
             "canonicalLink": format!("https://blog.sandbox.test/category/{slug}"),
         });
         ctx.put(CATEGORY, &id, Some(&loc), None, c)?;
-        seed.ids.entry("blog_category").or_default().push(id.clone());
+        seed.ids
+            .entry("blog_category")
+            .or_default()
+            .push(id.clone());
         categories.push(id);
     }
     let titles = [
@@ -310,7 +335,11 @@ pub fn seed(ctx: &mut Ctx<'_>, seed: &mut Seed) -> Result<(), ApiError> {
             5 => "ARCHIVED",
             _ => "PUBLISHED",
         };
-        let published = if status == "SCHEDULED" { base + day * 7 } else { ctx.now_ms };
+        let published = if status == "SCHEDULED" {
+            base + day * 7
+        } else {
+            ctx.now_ms
+        };
         let slug: String = title
             .to_lowercase()
             .chars()
@@ -320,7 +349,11 @@ pub fn seed(ctx: &mut Ctx<'_>, seed: &mut Seed) -> Result<(), ApiError> {
             .filter(|s| !s.is_empty())
             .collect::<Vec<_>>()
             .join("-");
-        let blog = if title.contains("shipped") || title.contains("new invoicing") { &blogs[1] } else { &blogs[0] };
+        let blog = if title.contains("shipped") || title.contains("new invoicing") {
+            &blogs[1]
+        } else {
+            &blogs[0]
+        };
         let cat = &categories[seed.rng.random_range(0..categories.len())];
         let body = json!({
             "title": title,
@@ -337,7 +370,10 @@ pub fn seed(ctx: &mut Ctx<'_>, seed: &mut Seed) -> Result<(), ApiError> {
             "publishedAt": iso(published),
         });
         let post = insert_post(ctx, &loc, body.as_object().unwrap_or(&Map::new()))?;
-        seed.ids.entry("blog_post").or_default().push(str_of(&post, "_id").to_string());
+        seed.ids
+            .entry("blog_post")
+            .or_default()
+            .push(str_of(&post, "_id").to_string());
     }
     ctx.now_ms = base;
     Ok(())
@@ -346,8 +382,8 @@ pub fn seed(ctx: &mut Ctx<'_>, seed: &mut Seed) -> Result<(), ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::handlers::testing::call;
     use crate::handlers::Guard;
+    use crate::handlers::testing::call;
     use crate::store::Docs;
     use parking_lot::RwLock;
     use rand::SeedableRng;
@@ -374,7 +410,11 @@ mod tests {
             ids: HashMap::new(),
         };
         seed(&mut ctx, &mut s).expect("seed");
-        (s.ids("blog")[0].clone(), s.ids("blog_author")[0].clone(), s.ids("blog_category")[0].clone())
+        (
+            s.ids("blog")[0].clone(),
+            s.ids("blog_author")[0].clone(),
+            s.ids("blog_category")[0].clone(),
+        )
     }
 
     fn post_body(blog: &str, author: &str, cat: &str, slug: &str) -> Value {
@@ -390,7 +430,13 @@ mod tests {
     fn post_create_update_and_slugs() {
         let docs = RwLock::new(Docs::default());
         let (blog, author, cat) = seeded(&docs);
-        let (r, _) = call(&docs, "blogs.posts.create", &[], &[], post_body(&blog, &author, &cat, "hello-world"));
+        let (r, _) = call(
+            &docs,
+            "blogs.posts.create",
+            &[],
+            &[],
+            post_body(&blog, &author, &cat, "hello-world"),
+        );
         assert_eq!(status(&r), 200);
         let post = body(&r)["data"].clone();
         let id = post["_id"].as_str().unwrap_or_default().to_string();
@@ -400,30 +446,62 @@ mod tests {
             if let Some(p) = post {
                 query.push(("postId", p));
             }
-            body(&call(&docs, "blogs.posts.slug_exists", &[], &query, Value::Null).0)["exists"].clone()
+            body(&call(&docs, "blogs.posts.slug_exists", &[], &query, Value::Null).0)["exists"]
+                .clone()
         };
         assert_eq!(exists("hello-world", None), json!(true));
         assert_eq!(exists("hello-world", Some(&id)), json!(false));
         assert_eq!(exists("nope", None), json!(false));
-        let (r, _) = call(&docs, "blogs.posts.create", &[], &[], post_body(&blog, &author, &cat, "hello-world"));
+        let (r, _) = call(
+            &docs,
+            "blogs.posts.create",
+            &[],
+            &[],
+            post_body(&blog, &author, &cat, "hello-world"),
+        );
         assert_eq!(status(&r), 400, "slug taken");
         let mut upd = post_body(&blog, &author, &cat, "hello-again");
         upd["status"] = json!("ARCHIVED");
         upd["title"] = json!("Hello again");
-        let (r, _) = call(&docs, "blogs.posts.update", &[("postId", id.as_str())], &[], upd);
+        let (r, _) = call(
+            &docs,
+            "blogs.posts.update",
+            &[("postId", id.as_str())],
+            &[],
+            upd,
+        );
         let b = body(&r)["updatedBlogPost"].clone();
         assert_eq!(b["archived"], true);
         assert_eq!(b["urlSlug"], "hello-again");
-        let lq = [("locationId", "loc1"), ("blogId", blog.as_str()), ("limit", "50"), ("offset", "0"), ("status", "ARCHIVED"), ("searchTerm", "again")];
+        let lq = [
+            ("locationId", "loc1"),
+            ("blogId", blog.as_str()),
+            ("limit", "50"),
+            ("offset", "0"),
+            ("status", "ARCHIVED"),
+            ("searchTerm", "again"),
+        ];
         let (r, _) = call(&docs, "blogs.posts.list", &[], &lq, Value::Null);
         assert_eq!(body(&r)["blogs"][0]["_id"], id.as_str());
         let mut bad = post_body(&blog, &author, &cat, "x");
         bad["status"] = json!("LIVE");
         let (r, _) = call(&docs, "blogs.posts.create", &[], &[], bad);
         assert_eq!(status(&r), 422);
-        let (r, _) = call(&docs, "blogs.posts.create", &[], &[], post_body(&blog, "ghost", &cat, "y"));
+        let (r, _) = call(
+            &docs,
+            "blogs.posts.create",
+            &[],
+            &[],
+            post_body(&blog, "ghost", &cat, "y"),
+        );
         assert_eq!(status(&r), 404);
-        let (r, _) = call(&docs, "blogs.posts.update", &[("postId", "missing")], &[], post_body(&blog, &author, &cat, "z"));
+        let (r, _) = call(
+            &docs,
+            "blogs.posts.update",
+            &[("postId", "missing")],
+            &[],
+            post_body(&blog, &author, &cat, "z"),
+        );
         assert_eq!(status(&r), 404);
     }
 
@@ -431,19 +509,54 @@ mod tests {
     fn lists_page() {
         let docs = RwLock::new(Docs::default());
         let (blog, _, _) = seeded(&docs);
-        let (r, _) = call(&docs, "blogs.list", &[], &[("locationId", "loc1"), ("skip", "1"), ("limit", "5")], Value::Null);
+        let (r, _) = call(
+            &docs,
+            "blogs.list",
+            &[],
+            &[("locationId", "loc1"), ("skip", "1"), ("limit", "5")],
+            Value::Null,
+        );
         assert_eq!(body(&r)["data"][0]["name"], "Product Updates");
-        let (r, _) = call(&docs, "blogs.authors.list", &[], &[("locationId", "loc1"), ("limit", "2"), ("offset", "0")], Value::Null);
+        let (r, _) = call(
+            &docs,
+            "blogs.authors.list",
+            &[],
+            &[("locationId", "loc1"), ("limit", "2"), ("offset", "0")],
+            Value::Null,
+        );
         assert_eq!(body(&r)["authors"].as_array().map(Vec::len), Some(2));
-        let (r, _) = call(&docs, "blogs.categories.list", &[], &[("locationId", "loc1"), ("limit", "10"), ("offset", "3")], Value::Null);
+        let (r, _) = call(
+            &docs,
+            "blogs.categories.list",
+            &[],
+            &[("locationId", "loc1"), ("limit", "10"), ("offset", "3")],
+            Value::Null,
+        );
         assert_eq!(body(&r)["categories"][0]["label"], "Announcements");
-        let all = [("locationId", "loc1"), ("blogId", blog.as_str()), ("limit", "100"), ("offset", "0")];
+        let all = [
+            ("locationId", "loc1"),
+            ("blogId", blog.as_str()),
+            ("limit", "100"),
+            ("offset", "0"),
+        ];
         let (r, _) = call(&docs, "blogs.posts.list", &[], &all, Value::Null);
         let n = body(&r)["blogs"].as_array().map_or(0, Vec::len);
         assert_eq!(n, 10);
-        let (r, _) = call(&docs, "blogs.posts.list", &[], &[("locationId", "loc1"), ("limit", "10"), ("offset", "0")], Value::Null);
+        let (r, _) = call(
+            &docs,
+            "blogs.posts.list",
+            &[],
+            &[("locationId", "loc1"), ("limit", "10"), ("offset", "0")],
+            Value::Null,
+        );
         assert_eq!(status(&r), 422, "blogId is required");
-        let (r, _) = call(&docs, "blogs.list", &[], &[("locationId", "loc2")], Value::Null);
+        let (r, _) = call(
+            &docs,
+            "blogs.list",
+            &[],
+            &[("locationId", "loc2")],
+            Value::Null,
+        );
         assert_eq!(status(&r), 403);
     }
 }

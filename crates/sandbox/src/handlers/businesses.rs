@@ -57,11 +57,17 @@ fn validate(body: &Map<String, Value>) -> Result<(), ApiError> {
     }
     if let Some(e) = body.get("email").and_then(Value::as_str).map(str::trim)
         && !e.is_empty()
-        && !e.split_once('@').is_some_and(|(u, d)| !u.is_empty() && d.contains('.'))
+        && !e
+            .split_once('@')
+            .is_some_and(|(u, d)| !u.is_empty() && d.contains('.'))
     {
         errs.push("email must be an email".into());
     }
-    if errs.is_empty() { Ok(()) } else { Err(ApiError::unprocessable(errs)) }
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::unprocessable(errs))
+    }
 }
 
 /// Who made a change, as HighLevel records it for API calls.
@@ -83,13 +89,21 @@ fn list(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
         .query("locationId")
         .filter(|l| !l.is_empty())
         .ok_or_else(|| ApiError::unprocessable(vec!["locationId should not be empty".into()]))?;
-    if req.caller.location_id.as_deref().is_some_and(|l| l != location_id) {
+    if req
+        .caller
+        .location_id
+        .as_deref()
+        .is_some_and(|l| l != location_id)
+    {
         return Err(forbidden_location());
     }
     let limit = req.query_usize("limit", 100, 100)?;
     let skip = req.query_usize("skip", 0, usize::MAX)?;
     let all = ctx.list(BUSINESS, location_id);
-    let page: Vec<Value> = super::window(&all, skip, limit).iter().map(|b| (**b).clone()).collect();
+    let page: Vec<Value> = super::window(&all, skip, limit)
+        .iter()
+        .map(|b| (**b).clone())
+        .collect();
     ok(json!({ "businesses": page }))
 }
 
@@ -98,7 +112,12 @@ fn create(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
     let body = req.body_object();
     validate(&body)?;
     let location_id = req.location_id()?;
-    if req.caller.location_id.as_deref().is_some_and(|l| l != location_id) {
+    if req
+        .caller
+        .location_id
+        .as_deref()
+        .is_some_and(|l| l != location_id)
+    {
         return Err(forbidden_location());
     }
     let id = new_id();
@@ -125,8 +144,13 @@ fn update(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
     let old = business(ctx, req, id)?;
     let body = req.body_object();
     validate(&body)?;
-    if body.get("name").is_some_and(|n| n.as_str().is_some_and(|n| n.trim().is_empty())) {
-        return Err(ApiError::unprocessable(vec!["name should not be empty".into()]));
+    if body
+        .get("name")
+        .is_some_and(|n| n.as_str().is_some_and(|n| n.trim().is_empty()))
+    {
+        return Err(ApiError::unprocessable(vec![
+            "name should not be empty".into(),
+        ]));
     }
     let mut b = (*old).clone();
     for k in WRITABLE {
@@ -143,12 +167,24 @@ fn update(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
 fn delete(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
     let id = req.path("businessId")?;
     let b = business(ctx, req, id)?;
-    let location_id = b.get("locationId").and_then(Value::as_str).unwrap_or_default().to_string();
+    let location_id = b
+        .get("locationId")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
     let members: Vec<(String, Value)> = ctx
         .list(CONTACT, &location_id)
         .iter()
         .filter(|c| c.get("businessId").and_then(Value::as_str) == Some(id))
-        .map(|c| (c.get("id").and_then(Value::as_str).unwrap_or_default().to_string(), (**c).clone()))
+        .map(|c| {
+            (
+                c.get("id")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
+                (**c).clone(),
+            )
+        })
         .collect();
     for (cid, mut c) in members {
         if let Some(obj) = c.as_object_mut() {
@@ -164,16 +200,35 @@ fn delete(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
 /// contacts exist already).
 pub fn seed(ctx: &mut Ctx<'_>, seed: &mut Seed) -> Result<(), ApiError> {
     const COMPANIES: &[(&str, &str, &str, &str, &str)] = &[
-        ("Northwind Traders", "northwind.example.com", "Seattle", "WA", "98101"),
-        ("Bluebird Dental", "bluebird-dental.example.com", "Austin", "TX", "73301"),
-        ("Summit Roofing Co.", "summitroofing.example.com", "Denver", "CO", "80202"),
+        (
+            "Northwind Traders",
+            "northwind.example.com",
+            "Seattle",
+            "WA",
+            "98101",
+        ),
+        (
+            "Bluebird Dental",
+            "bluebird-dental.example.com",
+            "Austin",
+            "TX",
+            "73301",
+        ),
+        (
+            "Summit Roofing Co.",
+            "summitroofing.example.com",
+            "Denver",
+            "CO",
+            "80202",
+        ),
     ];
     let location_id = seed.location_id.clone();
     let contacts: Vec<String> = seed.ids("contact").to_vec();
     for (i, (name, site, city, state, zip)) in COMPANIES.iter().enumerate() {
         let id: String = (0..20)
             .map(|_| {
-                const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+                const ALPHABET: &[u8] =
+                    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
                 ALPHABET[seed.rng.random_range(0..ALPHABET.len())] as char
             })
             .collect();
@@ -222,7 +277,13 @@ mod tests {
     #[test]
     fn crud_and_detach() {
         let docs = RwLock::new(Docs::default());
-        let (r, _) = call(&docs, "businesses.create", &[], &[], json!({ "name": "Microsoft", "locationId": "loc1", "email": "abc@microsoft.com" }));
+        let (r, _) = call(
+            &docs,
+            "businesses.create",
+            &[],
+            &[],
+            json!({ "name": "Microsoft", "locationId": "loc1", "email": "abc@microsoft.com" }),
+        );
         let r = r.unwrap();
         assert_eq!(r.status, 201);
         assert_eq!(r.body["success"], true);
@@ -230,44 +291,131 @@ mod tests {
         let id = b["id"].as_str().unwrap().to_string();
         assert_eq!(b["locationId"], "loc1");
 
-        let (r, _) = call(&docs, "businesses.get", &[("businessId", &id)], &[], Value::Null);
+        let (r, _) = call(
+            &docs,
+            "businesses.get",
+            &[("businessId", &id)],
+            &[],
+            Value::Null,
+        );
         assert_eq!(r.unwrap().body["business"]["name"], "Microsoft");
-        let (r, _) = call(&docs, "businesses.update", &[("businessId", &id)], &[], json!({ "city": "Redmond" }));
+        let (r, _) = call(
+            &docs,
+            "businesses.update",
+            &[("businessId", &id)],
+            &[],
+            json!({ "city": "Redmond" }),
+        );
         assert_eq!(r.unwrap().body["buiseness"]["city"], "Redmond");
-        let (r, _) = call(&docs, "businesses.get", &[("businessId", &id)], &[], Value::Null);
+        let (r, _) = call(
+            &docs,
+            "businesses.get",
+            &[("businessId", &id)],
+            &[],
+            Value::Null,
+        );
         assert_eq!(r.unwrap().body["business"]["city"], "Redmond");
 
-        let (r, _) = call(&docs, "contacts.create", &[], &[], json!({ "locationId": "loc1", "firstName": "Bill" }));
-        let cid = r.unwrap().body["contact"]["id"].as_str().unwrap().to_string();
-        let (r, _) = call(&docs, "contacts.bulk_business", &[], &[], json!({ "locationId": "loc1", "ids": [cid], "businessId": id }));
+        let (r, _) = call(
+            &docs,
+            "contacts.create",
+            &[],
+            &[],
+            json!({ "locationId": "loc1", "firstName": "Bill" }),
+        );
+        let cid = r.unwrap().body["contact"]["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let (r, _) = call(
+            &docs,
+            "contacts.bulk_business",
+            &[],
+            &[],
+            json!({ "locationId": "loc1", "ids": [cid], "businessId": id }),
+        );
         r.unwrap();
 
-        let (r, _) = call(&docs, "businesses.delete", &[("businessId", &id)], &[], Value::Null);
+        let (r, _) = call(
+            &docs,
+            "businesses.delete",
+            &[("businessId", &id)],
+            &[],
+            Value::Null,
+        );
         assert_eq!(r.unwrap().body, json!({ "success": true }));
-        let (r, _) = call(&docs, "businesses.get", &[("businessId", &id)], &[], Value::Null);
+        let (r, _) = call(
+            &docs,
+            "businesses.get",
+            &[("businessId", &id)],
+            &[],
+            Value::Null,
+        );
         assert_eq!(r.unwrap_err().message, json!("Business not found"));
-        let (r, _) = call(&docs, "contacts.get", &[("contactId", &cid)], &[], Value::Null);
+        let (r, _) = call(
+            &docs,
+            "contacts.get",
+            &[("contactId", &cid)],
+            &[],
+            Value::Null,
+        );
         assert!(r.unwrap().body["contact"].get("businessId").is_none());
     }
 
     #[test]
     fn validation_and_list() {
         let docs = RwLock::new(Docs::default());
-        let (r, _) = call(&docs, "businesses.create", &[], &[], json!({ "locationId": "loc1" }));
+        let (r, _) = call(
+            &docs,
+            "businesses.create",
+            &[],
+            &[],
+            json!({ "locationId": "loc1" }),
+        );
         assert_eq!(r.unwrap_err().message, json!(["name should not be empty"]));
-        let (r, _) = call(&docs, "businesses.create", &[], &[], json!({ "name": "x", "locationId": "loc1", "email": "nope" }));
+        let (r, _) = call(
+            &docs,
+            "businesses.create",
+            &[],
+            &[],
+            json!({ "name": "x", "locationId": "loc1", "email": "nope" }),
+        );
         assert_eq!(r.unwrap_err().status, 422);
-        let (r, _) = call(&docs, "businesses.create", &[], &[], json!({ "name": "x", "locationId": "loc2" }));
+        let (r, _) = call(
+            &docs,
+            "businesses.create",
+            &[],
+            &[],
+            json!({ "name": "x", "locationId": "loc2" }),
+        );
         assert_eq!(r.unwrap_err().status, 403);
         for i in 0..5 {
-            let (r, _) = call(&docs, "businesses.create", &[], &[], json!({ "name": format!("B{i}"), "locationId": "loc1" }));
+            let (r, _) = call(
+                &docs,
+                "businesses.create",
+                &[],
+                &[],
+                json!({ "name": format!("B{i}"), "locationId": "loc1" }),
+            );
             r.unwrap();
         }
-        let (r, _) = call(&docs, "businesses.list", &[], &[("locationId", "loc1"), ("skip", "2"), ("limit", "2")], Value::Null);
+        let (r, _) = call(
+            &docs,
+            "businesses.list",
+            &[],
+            &[("locationId", "loc1"), ("skip", "2"), ("limit", "2")],
+            Value::Null,
+        );
         let list = r.unwrap().body["businesses"].clone();
         assert_eq!(list.as_array().unwrap().len(), 2);
         assert_eq!(list[0]["name"], "B2");
-        let (r, _) = call(&docs, "businesses.list", &[], &[("locationId", "loc2")], Value::Null);
+        let (r, _) = call(
+            &docs,
+            "businesses.list",
+            &[],
+            &[("locationId", "loc2")],
+            Value::Null,
+        );
         assert_eq!(r.unwrap_err().status, 403);
     }
 }

@@ -7,9 +7,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
 
-use super::{
-    Ctx, HResult, Handler, Req, created, iso, merge, new_id, ok, parse_time_ms, succeded,
-};
+use super::{Ctx, HResult, Handler, Req, created, iso, merge, new_id, ok, parse_time_ms, succeded};
 use crate::error::ApiError;
 
 /// Document kinds owned by this module.
@@ -123,7 +121,11 @@ fn derive(c: &mut Value) {
         obj.insert("email".into(), json!(email.trim()));
         obj.insert("emailLowerCase".into(), json!(email.trim().to_lowercase()));
     }
-    if let Some(phone) = obj.get("phone").and_then(Value::as_str).map(normalize_phone) {
+    if let Some(phone) = obj
+        .get("phone")
+        .and_then(Value::as_str)
+        .map(normalize_phone)
+    {
         obj.insert("phone".into(), json!(phone));
     }
     obj.insert("firstNameLowerCase".into(), json!(first));
@@ -131,8 +133,12 @@ fn derive(c: &mut Value) {
     let full = format!("{first} {last}").trim().to_string();
     obj.insert("fullNameLowerCase".into(), json!(full));
     let display = [
-        obj.get("firstName").and_then(Value::as_str).unwrap_or_default(),
-        obj.get("lastName").and_then(Value::as_str).unwrap_or_default(),
+        obj.get("firstName")
+            .and_then(Value::as_str)
+            .unwrap_or_default(),
+        obj.get("lastName")
+            .and_then(Value::as_str)
+            .unwrap_or_default(),
     ]
     .join(" ")
     .trim()
@@ -163,7 +169,9 @@ fn validate(body: &Map<String, Value>) -> Result<(), ApiError> {
     let mut errs = Vec::new();
     if let Some(e) = body.get("email").and_then(Value::as_str) {
         let e = e.trim();
-        let valid = e.split_once('@').is_some_and(|(u, d)| !u.is_empty() && d.contains('.'));
+        let valid = e
+            .split_once('@')
+            .is_some_and(|(u, d)| !u.is_empty() && d.contains('.'));
         if !e.is_empty() && !valid {
             errs.push("email must be an email".to_string());
         }
@@ -180,7 +188,11 @@ fn validate(body: &Map<String, Value>) -> Result<(), ApiError> {
     {
         errs.push("customFields must be an array".to_string());
     }
-    if errs.is_empty() { Ok(()) } else { Err(ApiError::unprocessable(errs)) }
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::unprocessable(errs))
+    }
 }
 
 /// `{id, value}` custom field entries merged by id (`key` or `field_value` accepted like HighLevel).
@@ -217,7 +229,12 @@ fn location_settings(ctx: &Ctx<'_>, location_id: &str) -> (bool, Vec<String>) {
         .as_ref()
         .and_then(|l| l.pointer("/settings/duplicateContactOrder"))
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
         .unwrap_or_else(|| vec!["email".to_string(), "phone".to_string()]);
     (allow, order)
 }
@@ -231,7 +248,9 @@ fn find_match(
     phone: Option<&str>,
     order: &[String],
 ) -> Option<(Arc<Value>, &'static str)> {
-    let email = email.map(|e| e.trim().to_lowercase()).filter(|e| !e.is_empty());
+    let email = email
+        .map(|e| e.trim().to_lowercase())
+        .filter(|e| !e.is_empty());
     let phone = phone.map(normalize_phone).filter(|p| !p.is_empty());
     for field in order {
         let (key, value) = match field.as_str() {
@@ -246,7 +265,10 @@ fn find_match(
             .into_iter()
             .find(|d| d.location_id.as_deref() == Some(location_id));
         if let Some(doc) = hit {
-            return Some((doc.body.clone(), if key == "phone" { "phone" } else { "email" }));
+            return Some((
+                doc.body.clone(),
+                if key == "phone" { "phone" } else { "email" },
+            ));
         }
     }
     None
@@ -292,8 +314,17 @@ fn contact_event(kind: &str, c: &Value) -> Value {
     Value::Object(p)
 }
 
-fn ensure_location_tags(ctx: &mut Ctx<'_>, location_id: &str, tags: &Value) -> Result<(), ApiError> {
-    for t in tags.as_array().into_iter().flatten().filter_map(Value::as_str) {
+fn ensure_location_tags(
+    ctx: &mut Ctx<'_>,
+    location_id: &str,
+    tags: &Value,
+) -> Result<(), ApiError> {
+    for t in tags
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+    {
         let exists = ctx
             .list(TAG, location_id)
             .iter()
@@ -312,7 +343,11 @@ fn ensure_location_tags(ctx: &mut Ctx<'_>, location_id: &str, tags: &Value) -> R
     Ok(())
 }
 
-fn insert_contact(ctx: &mut Ctx<'_>, location_id: &str, body: &Map<String, Value>) -> Result<Value, ApiError> {
+fn insert_contact(
+    ctx: &mut Ctx<'_>,
+    location_id: &str,
+    body: &Map<String, Value>,
+) -> Result<Value, ApiError> {
     let id = new_id();
     let now = iso(ctx.now_ms);
     let mut c = json!({
@@ -333,17 +368,35 @@ fn insert_contact(ctx: &mut Ctx<'_>, location_id: &str, body: &Map<String, Value
     if let Some(cf) = fields.remove("customFields") {
         c["customFields"] = merge_custom_fields(&json!([]), &cf);
     }
-    merge(&mut c, &fields, &["id", "locationId", "dateAdded", "createNewIfDuplicateAllowed"]);
+    merge(
+        &mut c,
+        &fields,
+        &[
+            "id",
+            "locationId",
+            "dateAdded",
+            "createNewIfDuplicateAllowed",
+        ],
+    );
     derive(&mut c);
     ensure_location_tags(ctx, location_id, &c["tags"])?;
     ctx.put(CONTACT, &id, Some(location_id), None, c.clone())?;
-    ctx.emit("ContactCreate", location_id, contact_event("ContactCreate", &c));
+    ctx.emit(
+        "ContactCreate",
+        location_id,
+        contact_event("ContactCreate", &c),
+    );
     Ok(c)
 }
 
 /// Applies `patch` to contact `id`, emitting ContactUpdate and, when they changed,
 /// ContactTagUpdate and ContactDndUpdate.
-fn apply_update(ctx: &mut Ctx<'_>, id: &str, old: &Value, patch: &Map<String, Value>) -> Result<Value, ApiError> {
+fn apply_update(
+    ctx: &mut Ctx<'_>,
+    id: &str,
+    old: &Value,
+    patch: &Map<String, Value>,
+) -> Result<Value, ApiError> {
     let mut c = old.clone();
     let mut fields = patch.clone();
     if let Some(cf) = fields.remove("customFields") {
@@ -356,9 +409,17 @@ fn apply_update(ctx: &mut Ctx<'_>, id: &str, old: &Value, patch: &Map<String, Va
     let location_id = c["locationId"].as_str().unwrap_or_default().to_string();
     ensure_location_tags(ctx, &location_id, &c["tags"])?;
     ctx.replace(CONTACT, id, c.clone())?;
-    ctx.emit("ContactUpdate", &location_id, contact_event("ContactUpdate", &c));
+    ctx.emit(
+        "ContactUpdate",
+        &location_id,
+        contact_event("ContactUpdate", &c),
+    );
     if old.get("tags") != c.get("tags") {
-        ctx.emit("ContactTagUpdate", &location_id, contact_event("ContactTagUpdate", &c));
+        ctx.emit(
+            "ContactTagUpdate",
+            &location_id,
+            contact_event("ContactTagUpdate", &c),
+        );
     }
     if old.get("dnd") != c.get("dnd") || old.get("dndSettings") != c.get("dndSettings") {
         let mut p = contact_event("ContactDndUpdate", &c);
@@ -388,12 +449,15 @@ fn create(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
             &order,
         )
     {
-        return Err(ApiError::bad_request("This location does not allow duplicated contacts.")
-        .with_meta(json!({
-            "contactName": dup.get("contactName").cloned().unwrap_or(Value::Null),
-            "contactId": dup["id"],
-            "matchingField": field,
-        })));
+        return Err(
+            ApiError::bad_request("This location does not allow duplicated contacts.").with_meta(
+                json!({
+                    "contactName": dup.get("contactName").cloned().unwrap_or(Value::Null),
+                    "contactId": dup["id"],
+                    "matchingField": field,
+                }),
+            ),
+        );
     }
     let c = insert_contact(ctx, &location_id, &body)?;
     created(json!({ "contact": c }))
@@ -422,8 +486,15 @@ fn delete(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
             ctx.delete(kind, &child)?;
         }
     }
+    // HighLevel removes the contact's opportunities and conversation with it.
+    super::opportunities::delete_for_contact(ctx, id)?;
+    super::conversations::delete_for_contact(ctx, id)?;
     ctx.delete(CONTACT, id)?;
-    ctx.emit("ContactDelete", &location_id, contact_event("ContactDelete", &c));
+    ctx.emit(
+        "ContactDelete",
+        &location_id,
+        contact_event("ContactDelete", &c),
+    );
     ok(succeded())
 }
 
@@ -441,7 +512,13 @@ fn upsert(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
     let existing = if create_new {
         None
     } else {
-        find_match(ctx, &location_id, req.field_str("email"), req.field_str("phone"), &order)
+        find_match(
+            ctx,
+            &location_id,
+            req.field_str("email"),
+            req.field_str("phone"),
+            &order,
+        )
     };
     let trace = new_id();
     match existing {
@@ -461,11 +538,22 @@ fn find_duplicate(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
     let location_id = req
         .query("locationId")
         .ok_or_else(|| ApiError::unprocessable(vec!["locationId should not be empty".into()]))?;
-    if req.caller.location_id.as_deref().is_some_and(|l| l != location_id) {
+    if req
+        .caller
+        .location_id
+        .as_deref()
+        .is_some_and(|l| l != location_id)
+    {
         return Err(super::forbidden_location());
     }
     let (_, order) = location_settings(ctx, location_id);
-    let hit = find_match(ctx, location_id, req.query("email"), req.query("number"), &order);
+    let hit = find_match(
+        ctx,
+        location_id,
+        req.query("email"),
+        req.query("number"),
+        &order,
+    );
     ok(json!({ "contact": hit.map(|(c, _)| (*c).clone()) }))
 }
 
@@ -473,20 +561,37 @@ fn find_duplicate(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
 fn added_key(c: &Value) -> (i64, String) {
     (
         c.get("dateAdded").and_then(parse_time_ms).unwrap_or(0),
-        c.get("id").and_then(Value::as_str).unwrap_or_default().to_string(),
+        c.get("id")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
     )
 }
 
 fn matches_query(c: &Value, q: &str) -> bool {
     let q = q.to_lowercase();
-    ["fullNameLowerCase", "emailLowerCase", "phone", "companyName"]
-        .iter()
-        .any(|k| c.get(*k).and_then(Value::as_str).is_some_and(|s| s.to_lowercase().contains(&q)))
+    [
+        "fullNameLowerCase",
+        "emailLowerCase",
+        "phone",
+        "companyName",
+    ]
+    .iter()
+    .any(|k| {
+        c.get(*k)
+            .and_then(Value::as_str)
+            .is_some_and(|s| s.to_lowercase().contains(&q))
+    })
 }
 
 fn list(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
     let location_id = req.location_id()?;
-    if req.caller.location_id.as_deref().is_some_and(|l| l != location_id) {
+    if req
+        .caller
+        .location_id
+        .as_deref()
+        .is_some_and(|l| l != location_id)
+    {
         return Err(super::forbidden_location());
     }
     let limit = req.query_usize("limit", 20, 100)?;
@@ -522,7 +627,9 @@ fn list(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
             "startAfter": ms,
             "nextPageUrl": format!("/contacts/?locationId={location_id}&startAfter={ms}&startAfterId={id}&limit={limit}"),
         }),
-        _ => json!({ "total": total, "startAfterId": null, "startAfter": null, "nextPageUrl": null }),
+        _ => {
+            json!({ "total": total, "startAfterId": null, "startAfter": null, "nextPageUrl": null })
+        }
     };
     ok(json!({ "contacts": page, "count": total, "meta": meta }))
 }
@@ -542,7 +649,9 @@ fn by_business(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
     }
     let count = all.len();
     let page = super::window(&all, skip, limit);
-    ok(json!({ "contacts": page.iter().map(|c| (**c).clone()).collect::<Vec<_>>(), "count": count }))
+    ok(
+        json!({ "contacts": page.iter().map(|c| (**c).clone()).collect::<Vec<_>>(), "count": count }),
+    )
 }
 
 fn field_value<'v>(c: &'v Value, field: &str) -> Option<&'v Value> {
@@ -572,7 +681,9 @@ fn as_cmp_string(v: &Value) -> String {
 
 fn eq_value(field_v: &Value, want: &Value) -> bool {
     match (field_v, want) {
-        (Value::Array(items), Value::Array(wants)) => wants.iter().all(|w| items.iter().any(|i| as_cmp_string(i) == as_cmp_string(w))),
+        (Value::Array(items), Value::Array(wants)) => wants
+            .iter()
+            .all(|w| items.iter().any(|i| as_cmp_string(i) == as_cmp_string(w))),
         (Value::Array(items), w) => items.iter().any(|i| as_cmp_string(i) == as_cmp_string(w)),
         (f, Value::Array(wants)) => wants.iter().any(|w| as_cmp_string(f) == as_cmp_string(w)),
         (f, w) => as_cmp_string(f) == as_cmp_string(w),
@@ -586,8 +697,13 @@ fn num_or_time(v: &Value) -> Option<f64> {
 /// Evaluates one search filter (or a `{group, filters}` group) against a contact.
 fn filter_matches(c: &Value, f: &Value) -> Result<bool, ApiError> {
     if let Some(group) = f.get("group").and_then(Value::as_str) {
-        let subs = f.get("filters").and_then(Value::as_array).cloned().unwrap_or_default();
-        let results: Result<Vec<bool>, ApiError> = subs.iter().map(|s| filter_matches(c, s)).collect();
+        let subs = f
+            .get("filters")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let results: Result<Vec<bool>, ApiError> =
+            subs.iter().map(|s| filter_matches(c, s)).collect();
         let results = results?;
         return Ok(match group.to_ascii_uppercase().as_str() {
             "OR" => results.iter().any(|b| *b),
@@ -602,12 +718,16 @@ fn filter_matches(c: &Value, f: &Value) -> Result<bool, ApiError> {
         "eq" => have.is_some_and(|h| eq_value(h, &want)),
         "not_eq" => !have.is_some_and(|h| eq_value(h, &want)),
         "contains" => have.is_some_and(|h| match h {
-            Value::Array(items) => items.iter().any(|i| as_cmp_string(i).contains(&as_cmp_string(&want))),
+            Value::Array(items) => items
+                .iter()
+                .any(|i| as_cmp_string(i).contains(&as_cmp_string(&want))),
             other => as_cmp_string(other).contains(&as_cmp_string(&want)),
         }),
         "not_contains" => !have.is_some_and(|h| as_cmp_string(h).contains(&as_cmp_string(&want))),
-        "exists" => have.is_some_and(|h| !(h.as_str() == Some("") || h.as_array().is_some_and(Vec::is_empty))),
-        "not_exists" => !have.is_some_and(|h| !(h.as_str() == Some("") || h.as_array().is_some_and(Vec::is_empty))),
+        "exists" => have
+            .is_some_and(|h| !(h.as_str() == Some("") || h.as_array().is_some_and(Vec::is_empty))),
+        "not_exists" => !have
+            .is_some_and(|h| !(h.as_str() == Some("") || h.as_array().is_some_and(Vec::is_empty))),
         "range" => {
             let h = have.and_then(num_or_time);
             let bound = |k: &str| want.get(k).and_then(num_or_time);
@@ -632,7 +752,12 @@ fn filter_matches(c: &Value, f: &Value) -> Result<bool, ApiError> {
 fn search(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
     req.require_fields(&["locationId"])?;
     let location_id = req.location_id()?;
-    if req.caller.location_id.as_deref().is_some_and(|l| l != location_id) {
+    if req
+        .caller
+        .location_id
+        .as_deref()
+        .is_some_and(|l| l != location_id)
+    {
         return Err(super::forbidden_location());
     }
     let page_limit = req
@@ -641,8 +766,16 @@ fn search(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
         .and_then(Value::as_u64)
         .unwrap_or(20)
         .clamp(1, 500) as usize;
-    let page = req.field("page").and_then(Value::as_u64).unwrap_or(1).max(1) as usize;
-    let filters = req.field("filters").and_then(Value::as_array).cloned().unwrap_or_default();
+    let page = req
+        .field("page")
+        .and_then(Value::as_u64)
+        .unwrap_or(1)
+        .max(1) as usize;
+    let filters = req
+        .field("filters")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     let mut hits = Vec::new();
     for c in ctx.list(CONTACT, &location_id) {
         let mut keep = true;
@@ -666,7 +799,10 @@ fn search(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
         .and_then(|a| a.first())
         .map(|s| {
             (
-                s.get("field").and_then(Value::as_str).unwrap_or("dateAdded").to_string(),
+                s.get("field")
+                    .and_then(Value::as_str)
+                    .unwrap_or("dateAdded")
+                    .to_string(),
                 s.get("direction").and_then(Value::as_str) == Some("desc"),
             )
         })
@@ -696,7 +832,10 @@ fn search(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
     let total = hits.len();
     let start = match req.field("searchAfter").and_then(Value::as_array) {
         Some(after) if after.len() == 2 => {
-            let cursor = (after[0].clone(), after[1].as_str().unwrap_or_default().to_string());
+            let cursor = (
+                after[0].clone(),
+                after[1].as_str().unwrap_or_default().to_string(),
+            );
             hits.iter()
                 .position(|c| {
                     let o = cmp(&key(c), &cursor);
@@ -742,7 +881,12 @@ fn tags_add(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
     req.require_fields(&["tags"])?;
     let old = contact(ctx, req, id)?;
     let mut tags = old["tags"].as_array().cloned().unwrap_or_default();
-    tags.extend(req.field("tags").and_then(Value::as_array).cloned().unwrap_or_default());
+    tags.extend(
+        req.field("tags")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default(),
+    );
     let mut patch = Map::new();
     patch.insert("tags".into(), Value::Array(tags));
     let c = apply_update(ctx, id, &old, &patch)?;
@@ -777,14 +921,24 @@ fn tags_bulk(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
     req.require_fields(&["contacts", "tags", "locationId"])?;
     let kind = req.path("type")?;
     if kind != "add" && kind != "remove" {
-        return Err(ApiError::unprocessable(vec!["type must be one of the following values: add, remove".into()]));
+        return Err(ApiError::unprocessable(vec![
+            "type must be one of the following values: add, remove".into(),
+        ]));
     }
     let location_id = req.location_id()?;
-    let remove_all = req.field("removeAllTags").and_then(Value::as_bool).unwrap_or(false);
+    let remove_all = req
+        .field("removeAllTags")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     let tags = normalize_tags(req.field("tags").unwrap_or(&json!([])));
     let mut responses = Vec::new();
     let mut errors = 0;
-    for cid in req.field("contacts").and_then(Value::as_array).cloned().unwrap_or_default() {
+    for cid in req
+        .field("contacts")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
+    {
         let cid = cid.as_str().unwrap_or_default().to_string();
         let old = match ctx.get(CONTACT, &cid) {
             Some(d) if d.location_id.as_deref() == Some(location_id.as_str()) => d.body.clone(),
@@ -802,19 +956,37 @@ fn tags_bulk(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
         } else if remove_all {
             Vec::new()
         } else {
-            old_tags.iter().filter(|t| !tags.as_array().is_some_and(|r| r.contains(t))).cloned().collect()
+            old_tags
+                .iter()
+                .filter(|t| !tags.as_array().is_some_and(|r| r.contains(t)))
+                .cloned()
+                .collect()
         };
         let mut patch = Map::new();
         patch.insert("tags".into(), Value::Array(new_tags));
         let c = apply_update(ctx, &cid, &old, &patch)?;
-        let added: Vec<&Value> = c["tags"].as_array().into_iter().flatten().filter(|t| !old_tags.contains(t)).collect();
-        let removed: Vec<&Value> = old_tags.iter().filter(|t| !c["tags"].as_array().is_some_and(|n| n.contains(t))).collect();
+        let added: Vec<&Value> = c["tags"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|t| !old_tags.contains(t))
+            .collect();
+        let removed: Vec<&Value> = old_tags
+            .iter()
+            .filter(|t| !c["tags"].as_array().is_some_and(|n| n.contains(t)))
+            .collect();
         responses.push(json!({ "contactId": cid, "message": "Tags updated", "type": "success", "oldTags": old_tags, "tagsAdded": added, "tagsRemoved": removed }));
     }
     ok(json!({ "succeded": errors == 0, "errorCount": errors, "responses": responses }))
 }
 
-fn task_json(req: &Req, id: &str, contact_id: &str, body: &Map<String, Value>, completed: bool) -> Value {
+fn task_json(
+    req: &Req,
+    id: &str,
+    contact_id: &str,
+    body: &Map<String, Value>,
+    completed: bool,
+) -> Value {
     json!({
         "id": id,
         "title": body.get("title").cloned().unwrap_or(json!("")),
@@ -829,7 +1001,16 @@ fn task_json(req: &Req, id: &str, contact_id: &str, body: &Map<String, Value>, c
 
 fn task_event(kind: &str, location_id: &str, t: &Value) -> Value {
     let mut p = json!({ "type": kind, "locationId": location_id });
-    for k in ["id", "assignedTo", "body", "contactId", "title", "dueDate", "completed", "dateAdded"] {
+    for k in [
+        "id",
+        "assignedTo",
+        "body",
+        "contactId",
+        "title",
+        "dueDate",
+        "completed",
+        "dateAdded",
+    ] {
         if let Some(v) = t.get(k) {
             p[k] = v.clone();
         }
@@ -852,7 +1033,11 @@ fn task_of<'c>(ctx: &'c Ctx<'_>, req: &Req) -> Result<(Arc<Value>, Arc<Value>), 
 fn tasks_list(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
     let cid = req.path("contactId")?;
     contact(ctx, req, cid)?;
-    let tasks: Vec<Value> = ctx.children(TASK, cid).iter().map(|t| (**t).clone()).collect();
+    let tasks: Vec<Value> = ctx
+        .children(TASK, cid)
+        .iter()
+        .map(|t| (**t).clone())
+        .collect();
     ok(json!({ "tasks": tasks }))
 }
 
@@ -866,17 +1051,30 @@ fn task_create(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
     let c = contact(ctx, req, cid)?;
     req.require_fields(&["title", "dueDate"])?;
     if req.field("dueDate").and_then(parse_time_ms).is_none() {
-        return Err(ApiError::unprocessable(vec!["dueDate must be a valid ISO 8601 date string".into()]));
+        return Err(ApiError::unprocessable(vec![
+            "dueDate must be a valid ISO 8601 date string".into(),
+        ]));
     }
     let body = req.body_object();
-    let completed = body.get("completed").and_then(Value::as_bool).unwrap_or(false);
+    let completed = body
+        .get("completed")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     let id = new_id();
     let t = task_json(req, &id, cid, &body, completed);
     let location_id = c["locationId"].as_str().unwrap_or_default().to_string();
     ctx.put(TASK, &id, Some(&location_id), Some(cid), t.clone())?;
-    ctx.emit("TaskCreate", &location_id, task_event("TaskCreate", &location_id, &t));
+    ctx.emit(
+        "TaskCreate",
+        &location_id,
+        task_event("TaskCreate", &location_id, &t),
+    );
     if completed {
-        ctx.emit("TaskComplete", &location_id, task_event("TaskComplete", &location_id, &t));
+        ctx.emit(
+            "TaskComplete",
+            &location_id,
+            task_event("TaskComplete", &location_id, &t),
+        );
     }
     created(json!({ "task": t }))
 }
@@ -885,9 +1083,13 @@ fn task_update(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
     let (c, old) = task_of(ctx, req)?;
     let mut t = (*old).clone();
     let mut patch = req.body_object();
-    patch.retain(|k, _| ["title", "body", "dueDate", "completed", "assignedTo"].contains(&k.as_str()));
+    patch.retain(|k, _| {
+        ["title", "body", "dueDate", "completed", "assignedTo"].contains(&k.as_str())
+    });
     if let Some(d) = patch.get("dueDate") {
-        let ms = parse_time_ms(d).ok_or_else(|| ApiError::unprocessable(vec!["dueDate must be a valid ISO 8601 date string".into()]))?;
+        let ms = parse_time_ms(d).ok_or_else(|| {
+            ApiError::unprocessable(vec!["dueDate must be a valid ISO 8601 date string".into()])
+        })?;
         patch.insert("dueDate".into(), json!(iso(ms)));
     }
     merge(&mut t, &patch, &[]);
@@ -895,7 +1097,11 @@ fn task_update(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
     let location_id = c["locationId"].as_str().unwrap_or_default().to_string();
     ctx.replace(TASK, &id, t.clone())?;
     if t["completed"] == json!(true) && old["completed"] != json!(true) {
-        ctx.emit("TaskComplete", &location_id, task_event("TaskComplete", &location_id, &t));
+        ctx.emit(
+            "TaskComplete",
+            &location_id,
+            task_event("TaskComplete", &location_id, &t),
+        );
     }
     ok(json!({ "task": t }))
 }
@@ -912,7 +1118,11 @@ fn task_complete(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
     let location_id = c["locationId"].as_str().unwrap_or_default().to_string();
     ctx.replace(TASK, &id, t.clone())?;
     if completed && old["completed"] != json!(true) {
-        ctx.emit("TaskComplete", &location_id, task_event("TaskComplete", &location_id, &t));
+        ctx.emit(
+            "TaskComplete",
+            &location_id,
+            task_event("TaskComplete", &location_id, &t),
+        );
     }
     ok(json!({ "task": t }))
 }
@@ -922,7 +1132,11 @@ fn task_delete(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
     let id = t["id"].as_str().unwrap_or_default().to_string();
     let location_id = c["locationId"].as_str().unwrap_or_default().to_string();
     ctx.delete(TASK, &id)?;
-    ctx.emit("TaskDelete", &location_id, task_event("TaskDelete", &location_id, &t));
+    ctx.emit(
+        "TaskDelete",
+        &location_id,
+        task_event("TaskDelete", &location_id, &t),
+    );
     ok(succeded())
 }
 
@@ -951,7 +1165,11 @@ fn note_event(kind: &str, location_id: &str, n: &Value) -> Value {
 fn notes_list(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
     let cid = req.path("contactId")?;
     contact(ctx, req, cid)?;
-    let mut notes: Vec<Value> = ctx.children(NOTE, cid).iter().map(|n| (**n).clone()).collect();
+    let mut notes: Vec<Value> = ctx
+        .children(NOTE, cid)
+        .iter()
+        .map(|n| (**n).clone())
+        .collect();
     // Newest first, as HighLevel lists notes.
     notes.reverse();
     ok(json!({ "notes": notes }))
@@ -979,7 +1197,11 @@ fn note_create(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
     });
     let location_id = c["locationId"].as_str().unwrap_or_default().to_string();
     ctx.put(NOTE, &id, Some(&location_id), Some(cid), n.clone())?;
-    ctx.emit("NoteCreate", &location_id, note_event("NoteCreate", &location_id, &n));
+    ctx.emit(
+        "NoteCreate",
+        &location_id,
+        note_event("NoteCreate", &location_id, &n),
+    );
     created(json!({ "note": n }))
 }
 
@@ -993,7 +1215,11 @@ fn note_update(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
     let id = n["id"].as_str().unwrap_or_default().to_string();
     let location_id = c["locationId"].as_str().unwrap_or_default().to_string();
     ctx.replace(NOTE, &id, n.clone())?;
-    ctx.emit("NoteUpdate", &location_id, note_event("NoteUpdate", &location_id, &n));
+    ctx.emit(
+        "NoteUpdate",
+        &location_id,
+        note_event("NoteUpdate", &location_id, &n),
+    );
     ok(json!({ "note": n }))
 }
 
@@ -1002,11 +1228,22 @@ fn note_delete(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
     let id = n["id"].as_str().unwrap_or_default().to_string();
     let location_id = c["locationId"].as_str().unwrap_or_default().to_string();
     ctx.delete(NOTE, &id)?;
-    ctx.emit("NoteDelete", &location_id, note_event("NoteDelete", &location_id, &n));
+    ctx.emit(
+        "NoteDelete",
+        &location_id,
+        note_event("NoteDelete", &location_id, &n),
+    );
     ok(succeded())
 }
 
-fn enrol(ctx: &mut Ctx<'_>, req: &Req, kind: &str, target_param: &str, target_kind: &str, what: &str) -> HResult {
+fn enrol(
+    ctx: &mut Ctx<'_>,
+    req: &Req,
+    kind: &str,
+    target_param: &str,
+    target_kind: &str,
+    what: &str,
+) -> HResult {
     let cid = req.path("contactId")?;
     let c = contact(ctx, req, cid)?;
     let target = req.path(target_param)?;
@@ -1072,7 +1309,11 @@ fn followers_change(ctx: &mut Ctx<'_>, req: &Req, add: bool) -> HResult {
     req.require_fields(&["followers"])?;
     let old = contact(ctx, req, cid)?;
     let mut followers: Vec<Value> = old["followers"].as_array().cloned().unwrap_or_default();
-    let given: Vec<Value> = req.field("followers").and_then(Value::as_array).cloned().unwrap_or_default();
+    let given: Vec<Value> = req
+        .field("followers")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     let mut changed = Vec::new();
     for f in given {
         let present = followers.contains(&f);
@@ -1107,7 +1348,12 @@ fn bulk_business(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
     let location_id = req.location_id()?;
     let business = req.field("businessId").cloned().unwrap_or(Value::Null);
     let mut done = Vec::new();
-    for id in req.field("ids").and_then(Value::as_array).cloned().unwrap_or_default() {
+    for id in req
+        .field("ids")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
+    {
         let id = id.as_str().unwrap_or_default().to_string();
         let Some(old) = ctx
             .get(CONTACT, &id)
@@ -1120,7 +1366,11 @@ fn bulk_business(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
         c["businessId"] = business.clone();
         c["dateUpdated"] = json!(iso(ctx.now_ms));
         ctx.replace(CONTACT, &id, c.clone())?;
-        ctx.emit("ContactUpdate", &location_id, contact_event("ContactUpdate", &c));
+        ctx.emit(
+            "ContactUpdate",
+            &location_id,
+            contact_event("ContactUpdate", &c),
+        );
         done.push(id);
     }
     ok(json!({ "success": true, "ids": done }))
@@ -1143,19 +1393,46 @@ mod tests {
             &json!([{ "id": "a", "value": 1 }, { "id": "b", "value": 2 }]),
             &json!([{ "id": "a", "value": 3 }, { "key": "c", "field_value": "x" }, { "id": "b", "value": null }]),
         );
-        assert_eq!(merged, json!([{ "id": "a", "value": 3 }, { "id": "c", "value": "x" }]));
+        assert_eq!(
+            merged,
+            json!([{ "id": "a", "value": 3 }, { "id": "c", "value": "x" }])
+        );
     }
 
     #[test]
     fn filters() {
         let c = json!({ "emailLowerCase": "a@b.co", "tags": ["vip", "x"], "dateAdded": "2024-01-02T00:00:00.000Z" });
-        assert!(filter_matches(&c, &json!({ "field": "email", "operator": "eq", "value": "A@b.co" })).unwrap_or(false));
-        assert!(filter_matches(&c, &json!({ "field": "tags", "operator": "eq", "value": "vip" })).unwrap_or(false));
-        assert!(!filter_matches(&c, &json!({ "field": "tags", "operator": "not_eq", "value": "vip" })).unwrap_or(true));
+        assert!(
+            filter_matches(
+                &c,
+                &json!({ "field": "email", "operator": "eq", "value": "A@b.co" })
+            )
+            .unwrap_or(false)
+        );
+        assert!(
+            filter_matches(
+                &c,
+                &json!({ "field": "tags", "operator": "eq", "value": "vip" })
+            )
+            .unwrap_or(false)
+        );
+        assert!(
+            !filter_matches(
+                &c,
+                &json!({ "field": "tags", "operator": "not_eq", "value": "vip" })
+            )
+            .unwrap_or(true)
+        );
         assert!(filter_matches(&c, &json!({ "group": "OR", "filters": [
             { "field": "email", "operator": "eq", "value": "no" },
             { "field": "dateAdded", "operator": "range", "value": { "gte": "2024-01-01T00:00:00Z" } }
         ] })).unwrap_or(false));
-        assert!(filter_matches(&c, &json!({ "field": "email", "operator": "bogus", "value": 1 })).is_err());
+        assert!(
+            filter_matches(
+                &c,
+                &json!({ "field": "email", "operator": "bogus", "value": 1 })
+            )
+            .is_err()
+        );
     }
 }

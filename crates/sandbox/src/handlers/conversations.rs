@@ -18,7 +18,10 @@ use std::sync::Arc;
 use rand::Rng;
 use serde_json::{Map, Value, json};
 
-use super::{Ctx, HResult, Handler, Req, Seed, binary, created, forbidden_location, iso, new_id, ok, parse_time_ms};
+use super::{
+    Ctx, HResult, Handler, Req, Seed, binary, created, forbidden_location, iso, new_id, ok,
+    parse_time_ms,
+};
 use crate::error::ApiError;
 
 /// A conversation (parent: its contact).
@@ -46,7 +49,10 @@ pub fn register(map: &mut HashMap<&'static str, Handler>) {
     map.insert("conversations.messages.set_status", set_status);
     map.insert("conversations.messages.recording", recording);
     map.insert("conversations.messages.transcription", transcription);
-    map.insert("conversations.messages.transcription_download", transcription_download);
+    map.insert(
+        "conversations.messages.transcription_download",
+        transcription_download,
+    );
     map.insert("conversations.live_chat.typing", typing);
 }
 
@@ -98,10 +104,21 @@ const MESSAGE_TYPES: &[&str] = &[
 ];
 
 /// Message types that are calls (and can have a recording and a transcription).
-const CALL_TYPES: &[&str] = &["TYPE_CALL", "TYPE_IVR_CALL", "TYPE_CUSTOM_CALL", "TYPE_CAMPAIGN_CALL"];
+const CALL_TYPES: &[&str] = &[
+    "TYPE_CALL",
+    "TYPE_IVR_CALL",
+    "TYPE_CUSTOM_CALL",
+    "TYPE_CAMPAIGN_CALL",
+];
 
 /// Conversation types; the numeric `type` of `GET /conversations/{id}` is the position plus one.
-const CONVERSATION_TYPES: &[&str] = &["TYPE_PHONE", "TYPE_EMAIL", "TYPE_FB_MESSENGER", "TYPE_REVIEW", "TYPE_GROUP_SMS"];
+const CONVERSATION_TYPES: &[&str] = &[
+    "TYPE_PHONE",
+    "TYPE_EMAIL",
+    "TYPE_FB_MESSENGER",
+    "TYPE_REVIEW",
+    "TYPE_GROUP_SMS",
+];
 
 /// `type` values of `POST /conversations/messages` and the message type each creates.
 const SEND_TYPES: &[(&str, &str)] = &[
@@ -120,7 +137,10 @@ const SEND_TYPES: &[(&str, &str)] = &[
 const STATUSES: &[&str] = &["delivered", "failed", "pending", "read"];
 
 fn message_type_number(t: &str) -> usize {
-    MESSAGE_TYPES.iter().position(|x| *x == t).map_or(2, |i| i + 1)
+    MESSAGE_TYPES
+        .iter()
+        .position(|x| *x == t)
+        .map_or(2, |i| i + 1)
 }
 
 fn s<'v>(v: &'v Value, k: &str) -> &'v str {
@@ -128,7 +148,12 @@ fn s<'v>(v: &'v Value, k: &str) -> &'v str {
 }
 
 fn check_own_location(req: &Req, location_id: &str) -> Result<(), ApiError> {
-    if req.caller.location_id.as_deref().is_some_and(|l| l != location_id) {
+    if req
+        .caller
+        .location_id
+        .as_deref()
+        .is_some_and(|l| l != location_id)
+    {
         return Err(forbidden_location());
     }
     Ok(())
@@ -166,7 +191,10 @@ fn new_conversation(id: &str, contact_id: &str, location_id: &str, at_ms: i64) -
 /// `GET /conversations/{id}`: the stored conversation with its numeric `type`.
 fn render_get(c: &Value) -> Value {
     let mut v = c.clone();
-    let t = CONVERSATION_TYPES.iter().position(|x| *x == s(c, "type")).map_or(1, |i| i + 1);
+    let t = CONVERSATION_TYPES
+        .iter()
+        .position(|x| *x == s(c, "type"))
+        .map_or(1, |i| i + 1);
     v["type"] = json!(t);
     v
 }
@@ -176,18 +204,32 @@ fn render_get(c: &Value) -> Value {
 fn render_search(ctx: &Ctx<'_>, c: &Value) -> Value {
     let mut v = c.clone();
     let contact = ctx.get(CONTACT, s(c, "contactId")).map(|d| d.body.clone());
-    let field = |k: &str| contact.as_ref().map(|x| s(x, k).to_string()).unwrap_or_default();
-    let full = format!("{} {}", field("firstName"), field("lastName")).trim().to_string();
+    let field = |k: &str| {
+        contact
+            .as_ref()
+            .map(|x| s(x, k).to_string())
+            .unwrap_or_default()
+    };
+    let full = format!("{} {}", field("firstName"), field("lastName"))
+        .trim()
+        .to_string();
     let display = contact
         .as_ref()
-        .and_then(|x| x.get("contactName").and_then(Value::as_str).map(str::to_string))
+        .and_then(|x| {
+            x.get("contactName")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
         .unwrap_or_else(|| full.clone());
     v["fullName"] = json!(full);
     v["contactName"] = json!(display);
     v["email"] = json!(field("email"));
     v["phone"] = json!(field("phone"));
     v["companyName"] = json!(field("companyName"));
-    v["tags"] = contact.as_ref().and_then(|x| x.get("tags").cloned()).unwrap_or(json!([]));
+    v["tags"] = contact
+        .as_ref()
+        .and_then(|x| x.get("tags").cloned())
+        .unwrap_or(json!([]));
     v["sort"] = json!([c.get("lastMessageDate").cloned().unwrap_or(json!(0))]);
     v
 }
@@ -210,12 +252,21 @@ fn create(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
     }
     if let Some(existing) = conversation_of(ctx, &contact_id) {
         let mut e = ApiError::bad_request("Conversation already exists");
-        e.extra = Some(Box::new(Map::from_iter([("conversationId".to_string(), existing["id"].clone())])));
+        e.extra = Some(Box::new(Map::from_iter([(
+            "conversationId".to_string(),
+            existing["id"].clone(),
+        )])));
         return Err(e);
     }
     let id = new_id();
     let c = new_conversation(&id, &contact_id, &location_id, req.now_ms);
-    ctx.put(CONVERSATION, &id, Some(&location_id), Some(&contact_id), c.clone())?;
+    ctx.put(
+        CONVERSATION,
+        &id,
+        Some(&location_id),
+        Some(&contact_id),
+        c.clone(),
+    )?;
     let mut out = json!({
         "id": id,
         "dateUpdated": c["dateUpdated"],
@@ -233,7 +284,11 @@ fn create(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
 
 /// The numeric sort value of a conversation for `sortBy`.
 fn sort_value(c: &Value, sort_by: &str) -> i64 {
-    let field = if sort_by == "last_manual_message_date" { "lastManualMessageDate" } else { "lastMessageDate" };
+    let field = if sort_by == "last_manual_message_date" {
+        "lastManualMessageDate"
+    } else {
+        "lastMessageDate"
+    };
     c.get(field).and_then(parse_time_ms).unwrap_or(0)
 }
 
@@ -279,10 +334,21 @@ fn search(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
     let sort_by = enum_param(
         req,
         "sortBy",
-        &["last_manual_message_date", "last_message_date", "score_profile", "overdue_at", "due_at"],
+        &[
+            "last_manual_message_date",
+            "last_message_date",
+            "score_profile",
+            "overdue_at",
+            "due_at",
+        ],
     )?
     .unwrap_or("last_message_date");
-    let status = enum_param(req, "status", &["all", "read", "unread", "starred", "recents"])?.unwrap_or("all");
+    let status = enum_param(
+        req,
+        "status",
+        &["all", "read", "unread", "starred", "recents"],
+    )?
+    .unwrap_or("all");
     let last_type = enum_param(req, "lastMessageType", MESSAGE_TYPES)?;
     let last_action = enum_param(req, "lastMessageAction", &["automated", "manual"])?;
     let last_direction = enum_param(req, "lastMessageDirection", &["inbound", "outbound"])?;
@@ -291,20 +357,38 @@ fn search(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
     let assigned = comma_list(req.query("assignedTo"));
     let followers = comma_list(req.query("followers"));
     let mentions = comma_list(req.query("mentions"));
-    let q = req.query("query").map(str::to_lowercase).filter(|q| !q.is_empty());
+    let q = req
+        .query("query")
+        .map(str::to_lowercase)
+        .filter(|q| !q.is_empty());
     let mut hits: Vec<Value> = ctx
         .list(CONVERSATION, &location_id)
         .iter()
         .filter(|c| c.get("deleted").and_then(Value::as_bool) != Some(true))
-        .filter(|c| req.query("contactId").filter(|v| !v.is_empty()).is_none_or(|v| s(c, "contactId") == v))
-        .filter(|c| req.query("id").filter(|v| !v.is_empty()).is_none_or(|v| s(c, "id") == v))
-        .filter(|c| assigned.is_empty() || assigned.iter().any(|a| a == s(c, "assignedTo") || (a == "unassigned" && s(c, "assignedTo").is_empty())))
+        .filter(|c| {
+            req.query("contactId")
+                .filter(|v| !v.is_empty())
+                .is_none_or(|v| s(c, "contactId") == v)
+        })
+        .filter(|c| {
+            req.query("id")
+                .filter(|v| !v.is_empty())
+                .is_none_or(|v| s(c, "id") == v)
+        })
+        .filter(|c| {
+            assigned.is_empty()
+                || assigned.iter().any(|a| {
+                    a == s(c, "assignedTo") || (a == "unassigned" && s(c, "assignedTo").is_empty())
+                })
+        })
         .filter(|c| {
             let has = |field: &str, wanted: &[String]| {
                 wanted.is_empty()
-                    || c.get(field)
-                        .and_then(Value::as_array)
-                        .is_some_and(|a| a.iter().filter_map(Value::as_str).any(|x| wanted.iter().any(|w| w == x)))
+                    || c.get(field).and_then(Value::as_array).is_some_and(|a| {
+                        a.iter()
+                            .filter_map(Value::as_str)
+                            .any(|x| wanted.iter().any(|w| w == x))
+                    })
             };
             has("followers", &followers) && has("mentions", &mentions)
         })
@@ -324,9 +408,16 @@ fn search(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
         .map(|c| render_search(ctx, c))
         .filter(|c| {
             q.as_ref().is_none_or(|q| {
-                ["fullName", "contactName", "email", "phone", "companyName", "lastMessageBody"]
-                    .iter()
-                    .any(|k| s(c, k).to_lowercase().contains(q.as_str()))
+                [
+                    "fullName",
+                    "contactName",
+                    "email",
+                    "phone",
+                    "companyName",
+                    "lastMessageBody",
+                ]
+                .iter()
+                .any(|k| s(c, k).to_lowercase().contains(q.as_str()))
             })
         })
         .collect();
@@ -347,8 +438,9 @@ fn search(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
     let skip = match cursor.first() {
         None => 0,
         Some(first) => {
-            let ms = parse_time_ms(&json!(first))
-                .ok_or_else(|| ApiError::unprocessable(vec!["startAfterDate must be a number".into()]))?;
+            let ms = parse_time_ms(&json!(first)).ok_or_else(|| {
+                ApiError::unprocessable(vec!["startAfterDate must be a number".into()])
+            })?;
             let tie = cursor.get(1).filter(|t| t.parse::<f64>().is_err()).cloned();
             hits.iter()
                 .position(|c| {
@@ -430,7 +522,9 @@ fn messages_list(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
     if !types.is_empty() {
         all.retain(|m| {
             let t = s(m, "messageType");
-            types.iter().any(|x| x == t || (x == "TYPE_INTERNAL_COMMENTS" && t == "TYPE_INTERNAL_COMMENT"))
+            types
+                .iter()
+                .any(|x| x == t || (x == "TYPE_INTERNAL_COMMENTS" && t == "TYPE_INTERNAL_COMMENT"))
         });
     }
     let start = match req.query("lastMessageId").filter(|v| !v.is_empty()) {
@@ -442,25 +536,41 @@ fn messages_list(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
                     return Err(ApiError::not_found("Message"));
                 }
                 // A message of another type: continue after its date.
-                let at = ctx.get(MESSAGE, last).and_then(|d| d.body.get("dateAdded").and_then(parse_time_ms)).unwrap_or(0);
+                let at = ctx
+                    .get(MESSAGE, last)
+                    .and_then(|d| d.body.get("dateAdded").and_then(parse_time_ms))
+                    .unwrap_or(0);
                 all.iter()
                     .position(|m| m.get("dateAdded").and_then(parse_time_ms).unwrap_or(0) < at)
                     .unwrap_or(all.len())
             }
         },
     };
-    let page: Vec<Value> = all.iter().skip(start).take(limit).map(|m| (**m).clone()).collect();
+    let page: Vec<Value> = all
+        .iter()
+        .skip(start)
+        .take(limit)
+        .map(|m| (**m).clone())
+        .collect();
     let next = start + page.len() < all.len();
     let last = page.last().map(|m| m["id"].clone()).unwrap_or(Value::Null);
     ok(json!({ "messages": { "lastMessageId": last, "nextPage": next, "messages": page } }))
 }
 
 /// Records `m` as the latest message of its conversation.
-fn touch_conversation(ctx: &mut Ctx<'_>, conv: &Value, m: &Value, at_ms: i64) -> Result<Value, ApiError> {
+fn touch_conversation(
+    ctx: &mut Ctx<'_>,
+    conv: &Value,
+    m: &Value,
+    at_ms: i64,
+) -> Result<Value, ApiError> {
     let mut c = conv.clone();
     let body = s(m, "body");
     let preview = if s(m, "messageType") == "TYPE_EMAIL" {
-        m.pointer("/meta/email/subject").and_then(Value::as_str).unwrap_or(body).to_string()
+        m.pointer("/meta/email/subject")
+            .and_then(Value::as_str)
+            .unwrap_or(body)
+            .to_string()
     } else {
         body.to_string()
     };
@@ -469,7 +579,11 @@ fn touch_conversation(ctx: &mut Ctx<'_>, conv: &Value, m: &Value, at_ms: i64) ->
     c["lastMessageDirection"] = m["direction"].clone();
     c["lastMessageDate"] = json!(at_ms);
     c["dateUpdated"] = json!(iso(at_ms));
-    let action = if s(m, "source") == "workflow" || s(m, "source") == "campaign" { "automated" } else { "manual" };
+    let action = if s(m, "source") == "workflow" || s(m, "source") == "campaign" {
+        "automated"
+    } else {
+        "manual"
+    };
     c["lastMessageAction"] = json!(action);
     if action == "manual" {
         c["lastManualMessageDate"] = json!(at_ms);
@@ -507,22 +621,38 @@ fn send(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
     if let Some(st) = req.field("status")
         && !st.as_str().is_some_and(|st| STATUSES.contains(&st))
     {
-        errs.push(format!("status must be one of the following values: {}", STATUSES.join(", ")));
+        errs.push(format!(
+            "status must be one of the following values: {}",
+            STATUSES.join(", ")
+        ));
     }
     for k in ["attachments", "emailCc", "emailBcc"] {
-        if req.field(k).is_some_and(|v| !v.as_array().is_some_and(|a| a.iter().all(Value::is_string))) {
+        if req
+            .field(k)
+            .is_some_and(|v| !v.as_array().is_some_and(|a| a.iter().all(Value::is_string)))
+        {
             errs.push(format!("{k} must be an array of strings"));
         }
     }
-    if req.field("scheduledTimestamp").is_some_and(|v| !v.is_number()) {
+    if req
+        .field("scheduledTimestamp")
+        .is_some_and(|v| !v.is_number())
+    {
         errs.push("scheduledTimestamp must be a number".into());
     }
     let text = req.field_str("message").filter(|m| !m.is_empty());
     let html = req.field_str("html").filter(|m| !m.is_empty());
     let attachments = string_list(req.field("attachments"));
-    let has_content = text.is_some() || html.is_some() || !attachments.is_empty() || req.field_str("templateId").is_some();
+    let has_content = text.is_some()
+        || html.is_some()
+        || !attachments.is_empty()
+        || req.field_str("templateId").is_some();
     if !has_content {
-        errs.push(if kind == "Email" { "html should not be empty".into() } else { "message should not be empty".into() });
+        errs.push(if kind == "Email" {
+            "html should not be empty".into()
+        } else {
+            "message should not be empty".into()
+        });
     }
     if !errs.is_empty() {
         return Err(ApiError::unprocessable(errs));
@@ -541,9 +671,15 @@ fn send(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
         .unwrap_or(s(&contact, "phone"))
         .to_string();
     match kind {
-        "Email" if email_to.is_empty() => return Err(ApiError::bad_request("Contact does not have an email address")),
+        "Email" if email_to.is_empty() => {
+            return Err(ApiError::bad_request(
+                "Contact does not have an email address",
+            ));
+        }
         "SMS" | "RCS" | "WhatsApp" if phone_to.is_empty() => {
-            return Err(ApiError::bad_request("Contact does not have a phone number"));
+            return Err(ApiError::bad_request(
+                "Contact does not have a phone number",
+            ));
         }
         _ => {}
     }
@@ -553,7 +689,13 @@ fn send(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
         None => {
             let id = new_id();
             let c = new_conversation(&id, &contact_id, &location_id, now);
-            ctx.put(CONVERSATION, &id, Some(&location_id), Some(&contact_id), c.clone())?;
+            ctx.put(
+                CONVERSATION,
+                &id,
+                Some(&location_id),
+                Some(&contact_id),
+                c.clone(),
+            )?;
             c
         }
     };
@@ -614,7 +756,10 @@ fn send(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
         let from = req
             .field_str("emailFrom")
             .map(str::to_string)
-            .or_else(|| ctx.get(LOCATION, &location_id).map(|l| s(&l.body, "email").to_string()))
+            .or_else(|| {
+                ctx.get(LOCATION, &location_id)
+                    .map(|l| s(&l.body, "email").to_string())
+            })
             .filter(|f| !f.is_empty())
             .unwrap_or_else(|| "noreply@msgsndr.com".to_string());
         let thread = req.field_str("threadId").unwrap_or(&eid).to_string();
@@ -643,7 +788,13 @@ fn send(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
         if let Some(r) = req.field_str("replyMessageId") {
             e["replyToMessageId"] = json!(r);
         }
-        ctx.put(EMAIL, &eid, Some(&location_id), Some(&conversation_id), e.clone())?;
+        ctx.put(
+            EMAIL,
+            &eid,
+            Some(&location_id),
+            Some(&conversation_id),
+            e.clone(),
+        )?;
         m["meta"] = json!({ "email": { "messageIds": [eid], "subject": subject } });
         for k in ["threadId", "from", "to", "cc", "bcc", "subject", "provider"] {
             event[k] = e[k].clone();
@@ -654,7 +805,13 @@ fn send(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
     if let Some(p) = req.field_str("conversationProviderId") {
         event["conversationProviderId"] = json!(p);
     }
-    ctx.put(MESSAGE, &id, Some(&location_id), Some(&conversation_id), m.clone())?;
+    ctx.put(
+        MESSAGE,
+        &id,
+        Some(&location_id),
+        Some(&conversation_id),
+        m.clone(),
+    )?;
     touch_conversation(ctx, &conv, &m, now)?;
     if scheduled.is_none() {
         ctx.emit("OutboundMessage", &location_id, event);
@@ -746,7 +903,13 @@ fn call_message(ctx: &Ctx<'_>, req: &Req) -> Result<Arc<Value>, ApiError> {
 fn wav() -> Vec<u8> {
     const RATE: u32 = 8000;
     let samples: Vec<u8> = (0..RATE / 2)
-        .map(|i| if (i * 440 * 2 / RATE).is_multiple_of(2) { 0xA0 } else { 0x60 })
+        .map(|i| {
+            if (i * 440 * 2 / RATE).is_multiple_of(2) {
+                0xA0
+            } else {
+                0x60
+            }
+        })
         .collect();
     let len = samples.len() as u32;
     let mut out = Vec::with_capacity(44 + samples.len());
@@ -818,11 +981,19 @@ fn typing(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
     match req.field("isTyping") {
         Some(Value::Bool(_)) => {}
         Some(Value::String(v)) if v == "true" || v == "false" => {}
-        _ => return Err(ApiError::unprocessable(vec!["isTyping must be a boolean value".into()])),
+        _ => {
+            return Err(ApiError::unprocessable(vec![
+                "isTyping must be a boolean value".into(),
+            ]));
+        }
     }
     let location_id = req.location_id()?;
     check_own_location(req, &location_id)?;
-    let c = conversation(ctx, req, req.field_str("conversationId").unwrap_or_default())?;
+    let c = conversation(
+        ctx,
+        req,
+        req.field_str("conversationId").unwrap_or_default(),
+    )?;
     if s(&c, "locationId") != location_id {
         return Err(ApiError::not_found("Conversation"));
     }
@@ -874,7 +1045,13 @@ pub fn seed(ctx: &mut Ctx<'_>, seed: &mut Seed) -> Result<(), ApiError> {
     ];
     let location_id = seed.location_id.clone();
     // The first contact is left without a conversation, free for a create call to use.
-    let contacts: Vec<String> = seed.ids("contact").iter().skip(1).take(20).cloned().collect();
+    let contacts: Vec<String> = seed
+        .ids("contact")
+        .iter()
+        .skip(1)
+        .take(20)
+        .cloned()
+        .collect();
     let users: Vec<String> = seed.ids("user").to_vec();
     for (ci, contact_id) in contacts.iter().enumerate() {
         let Some(contact) = ctx.get(CONTACT, contact_id).map(|d| d.body.clone()) else {
@@ -890,7 +1067,13 @@ pub fn seed(ctx: &mut Ctx<'_>, seed: &mut Seed) -> Result<(), ApiError> {
             conv["assignedTo"] = json!(users[ci % users.len()]);
         }
         conv["starred"] = json!(ci % 7 == 0);
-        ctx.put(CONVERSATION, &conv_id, Some(&location_id), Some(contact_id), conv.clone())?;
+        ctx.put(
+            CONVERSATION,
+            &conv_id,
+            Some(&location_id),
+            Some(contact_id),
+            conv.clone(),
+        )?;
         let count = seed.rng.random_range(2..7);
         for mi in 0..count {
             let at = base + (mi as i64 + 1) * 3_600_000 + seed.rng.random_range(0..600_000);
@@ -931,11 +1114,18 @@ pub fn seed(ctx: &mut Ctx<'_>, seed: &mut Seed) -> Result<(), ApiError> {
             if call {
                 let duration = seed.rng.random_range(30..400);
                 m["status"] = json!("completed");
-                m["meta"] = json!({ "callDuration": duration.to_string(), "callStatus": "completed" });
+                m["meta"] =
+                    json!({ "callDuration": duration.to_string(), "callStatus": "completed" });
                 let lines = [
                     (1, "Hi, this is Morgan from the office. Is now a good time?"),
-                    (2, "Yes, I was hoping you'd call. I have a few questions about the quote."),
-                    (1, "Of course. The installation takes about two days and includes cleanup."),
+                    (
+                        2,
+                        "Yes, I was hoping you'd call. I have a few questions about the quote.",
+                    ),
+                    (
+                        1,
+                        "Of course. The installation takes about two days and includes cleanup.",
+                    ),
                     (2, "Perfect, let's book it for next week."),
                 ];
                 let sentences: Vec<Value> = lines
@@ -985,7 +1175,11 @@ pub fn seed(ctx: &mut Ctx<'_>, seed: &mut Seed) -> Result<(), ApiError> {
             conv = touch_conversation(ctx, &conv, &m, at)?;
         }
         // Only the trailing inbound message of a conversation is unread.
-        let unread = if conv["lastMessageDirection"] == "inbound" { 1 } else { 0 };
+        let unread = if conv["lastMessageDirection"] == "inbound" {
+            1
+        } else {
+            0
+        };
         conv["unreadCount"] = json!(unread);
         ctx.replace(CONVERSATION, &conv_id, conv)?;
         seed.ids.entry("conversation").or_default().push(conv_id);
@@ -1011,28 +1205,61 @@ mod tests {
             &[],
             json!({ "locationId": "loc1", "firstName": "Ada", "lastName": "Lovelace", "email": email, "phone": format!("+1 202-555-{:04}", n) }),
         );
-        r.unwrap().body["contact"]["id"].as_str().unwrap().to_string()
+        r.unwrap().body["contact"]["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
     }
 
     #[test]
     fn create_is_one_per_contact() {
         let docs = RwLock::new(Docs::default());
         let cid = contact(&docs, "ada@example.com");
-        let (r, _) = call(&docs, "conversations.create", &[], &[], json!({ "locationId": "loc1", "contactId": cid }));
+        let (r, _) = call(
+            &docs,
+            "conversations.create",
+            &[],
+            &[],
+            json!({ "locationId": "loc1", "contactId": cid }),
+        );
         let r = r.unwrap();
         assert_eq!(r.status, 201);
         let id = r.body["conversation"]["id"].as_str().unwrap().to_string();
-        let (r, _) = call(&docs, "conversations.create", &[], &[], json!({ "locationId": "loc1", "contactId": cid }));
+        let (r, _) = call(
+            &docs,
+            "conversations.create",
+            &[],
+            &[],
+            json!({ "locationId": "loc1", "contactId": cid }),
+        );
         let e = r.unwrap_err();
         assert_eq!(e.status, 400);
         assert_eq!(e.body()["conversationId"], id.as_str());
-        let (r, _) = call(&docs, "conversations.get", &[("conversationId", &id)], &[], Value::Null);
+        let (r, _) = call(
+            &docs,
+            "conversations.get",
+            &[("conversationId", &id)],
+            &[],
+            Value::Null,
+        );
         let c = r.unwrap().body;
         assert_eq!(c["type"], 1);
         assert_eq!(c["contactId"], cid.as_str());
-        let (r, _) = call(&docs, "conversations.get", &[("conversationId", "nope")], &[], Value::Null);
+        let (r, _) = call(
+            &docs,
+            "conversations.get",
+            &[("conversationId", "nope")],
+            &[],
+            Value::Null,
+        );
         assert_eq!(r.unwrap_err().message, json!("Conversation not found"));
-        let (r, _) = call(&docs, "conversations.create", &[], &[], json!({ "locationId": "loc1" }));
+        let (r, _) = call(
+            &docs,
+            "conversations.create",
+            &[],
+            &[],
+            json!({ "locationId": "loc1" }),
+        );
         assert_eq!(r.unwrap_err().status, 422);
     }
 
@@ -1040,7 +1267,13 @@ mod tests {
     fn send_list_status() {
         let docs = RwLock::new(Docs::default());
         let cid = contact(&docs, "ada@example.com");
-        let (r, ev) = call(&docs, "conversations.messages.send", &[], &[], json!({ "type": "SMS", "contactId": cid, "message": "Hello" }));
+        let (r, ev) = call(
+            &docs,
+            "conversations.messages.send",
+            &[],
+            &[],
+            json!({ "type": "SMS", "contactId": cid, "message": "Hello" }),
+        );
         let r = r.unwrap().body;
         let conv = r["conversationId"].as_str().unwrap().to_string();
         let first = r["messageId"].as_str().unwrap().to_string();
@@ -1058,22 +1291,44 @@ mod tests {
             json!({ "type": "Email", "contactId": cid, "html": "<p>Hi</p>", "subject": "Hello", "emailCc": ["x@y.co"] }),
         );
         let r = r.unwrap().body;
-        assert_eq!(r["conversationId"], conv.as_str(), "same conversation for the contact");
+        assert_eq!(
+            r["conversationId"],
+            conv.as_str(),
+            "same conversation for the contact"
+        );
         let email_id = r["emailMessageId"].as_str().unwrap().to_string();
         let second = r["messageId"].as_str().unwrap().to_string();
         assert_eq!(ev[0].payload["emailMessageId"], email_id.as_str());
-        let (r, _) = call(&docs, "conversations.emails.get", &[("id", &email_id)], &[], Value::Null);
+        let (r, _) = call(
+            &docs,
+            "conversations.emails.get",
+            &[("id", &email_id)],
+            &[],
+            Value::Null,
+        );
         let e = r.unwrap().body;
         assert_eq!(e["subject"], "Hello");
         assert_eq!(e["to"], json!(["ada@example.com"]));
 
-        let (r, _) = call(&docs, "conversations.messages.get", &[("id", &first)], &[], Value::Null);
+        let (r, _) = call(
+            &docs,
+            "conversations.messages.get",
+            &[("id", &first)],
+            &[],
+            Value::Null,
+        );
         let m = r.unwrap().body;
         assert_eq!(m["type"], 2);
         assert_eq!(m["messageType"], "TYPE_SMS");
 
         // Newest first, one per page.
-        let (r, _) = call(&docs, "conversations.messages.list", &[("conversationId", &conv)], &[("limit", "1")], Value::Null);
+        let (r, _) = call(
+            &docs,
+            "conversations.messages.list",
+            &[("conversationId", &conv)],
+            &[("limit", "1")],
+            Value::Null,
+        );
         let page = r.unwrap().body;
         assert_eq!(page["messages"]["messages"][0]["id"], second.as_str());
         assert_eq!(page["messages"]["nextPage"], true);
@@ -1087,21 +1342,69 @@ mod tests {
         let page = r.unwrap().body;
         assert_eq!(page["messages"]["messages"][0]["id"], first.as_str());
         assert_eq!(page["messages"]["nextPage"], false);
-        let (r, _) = call(&docs, "conversations.messages.list", &[("conversationId", &conv)], &[("type", "TYPE_EMAIL")], Value::Null);
-        assert_eq!(r.unwrap().body["messages"]["messages"].as_array().unwrap().len(), 1);
+        let (r, _) = call(
+            &docs,
+            "conversations.messages.list",
+            &[("conversationId", &conv)],
+            &[("type", "TYPE_EMAIL")],
+            Value::Null,
+        );
+        assert_eq!(
+            r.unwrap().body["messages"]["messages"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
 
-        let (r, _) = call(&docs, "conversations.messages.set_status", &[("messageId", &second)], &[], json!({ "status": "read" }));
+        let (r, _) = call(
+            &docs,
+            "conversations.messages.set_status",
+            &[("messageId", &second)],
+            &[],
+            json!({ "status": "read" }),
+        );
         assert_eq!(r.unwrap().body["emailMessageId"], email_id.as_str());
-        let (r, _) = call(&docs, "conversations.emails.get", &[("id", &email_id)], &[], Value::Null);
+        let (r, _) = call(
+            &docs,
+            "conversations.emails.get",
+            &[("id", &email_id)],
+            &[],
+            Value::Null,
+        );
         assert_eq!(r.unwrap().body["status"], "read");
-        let (r, _) = call(&docs, "conversations.messages.set_status", &[("messageId", &first)], &[], json!({ "status": "unread" }));
+        let (r, _) = call(
+            &docs,
+            "conversations.messages.set_status",
+            &[("messageId", &first)],
+            &[],
+            json!({ "status": "unread" }),
+        );
         assert_eq!(r.unwrap_err().status, 422);
 
-        let (r, _) = call(&docs, "conversations.messages.send", &[], &[], json!({ "type": "Pigeon", "contactId": cid, "message": "x" }));
+        let (r, _) = call(
+            &docs,
+            "conversations.messages.send",
+            &[],
+            &[],
+            json!({ "type": "Pigeon", "contactId": cid, "message": "x" }),
+        );
         assert_eq!(r.unwrap_err().status, 422);
-        let (r, _) = call(&docs, "conversations.messages.send", &[], &[], json!({ "type": "SMS", "contactId": "nope", "message": "x" }));
+        let (r, _) = call(
+            &docs,
+            "conversations.messages.send",
+            &[],
+            &[],
+            json!({ "type": "SMS", "contactId": "nope", "message": "x" }),
+        );
         assert_eq!(r.unwrap_err().status, 404);
-        let (r, _) = call(&docs, "conversations.messages.send", &[], &[], json!({ "type": "SMS", "contactId": cid }));
+        let (r, _) = call(
+            &docs,
+            "conversations.messages.send",
+            &[],
+            &[],
+            json!({ "type": "SMS", "contactId": cid }),
+        );
         assert_eq!(r.unwrap_err().status, 422);
 
         let (r, _) = call(
@@ -1118,7 +1421,10 @@ mod tests {
         delete_for_contact(&mut ctx, &cid).unwrap();
         drop(ctx);
         let g = docs.read();
-        assert_eq!((g.count(CONVERSATION), g.count(MESSAGE), g.count(EMAIL)), (0, 0, 0));
+        assert_eq!(
+            (g.count(CONVERSATION), g.count(MESSAGE), g.count(EMAIL)),
+            (0, 0, 0)
+        );
     }
 
     #[test]
@@ -1144,7 +1450,10 @@ mod tests {
         let mut seen = Vec::new();
         let mut after: Option<String> = None;
         loop {
-            let mut q = vec![("locationId", "loc1".to_string()), ("limit", "8".to_string())];
+            let mut q = vec![
+                ("locationId", "loc1".to_string()),
+                ("limit", "8".to_string()),
+            ];
             if let Some(a) = &after {
                 q.push(("startAfterDate", a.clone()));
             }
@@ -1165,10 +1474,28 @@ mod tests {
         let mut unique = seen.clone();
         unique.dedup();
         assert_eq!((seen.len(), unique.len()), (20, 20));
-        let (r, _) = call(&docs, "conversations.search", &[], &[("locationId", "loc1"), ("status", "unread")], Value::Null);
+        let (r, _) = call(
+            &docs,
+            "conversations.search",
+            &[],
+            &[("locationId", "loc1"), ("status", "unread")],
+            Value::Null,
+        );
         let unread = r.unwrap().body;
-        assert!(unread["conversations"].as_array().unwrap().iter().all(|c| c["unreadCount"].as_i64().unwrap() > 0));
-        let (r, _) = call(&docs, "conversations.search", &[], &[("locationId", "other")], Value::Null);
+        assert!(
+            unread["conversations"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|c| c["unreadCount"].as_i64().unwrap() > 0)
+        );
+        let (r, _) = call(
+            &docs,
+            "conversations.search",
+            &[],
+            &[("locationId", "other")],
+            Value::Null,
+        );
         assert_eq!(r.unwrap_err().status, 403);
 
         let calls: Vec<Value> = docs
@@ -1179,12 +1506,24 @@ mod tests {
             .collect();
         assert!(!calls.is_empty());
         let mid = calls[0]["id"].as_str().unwrap();
-        let (r, _) = call(&docs, "conversations.messages.recording", &[("messageId", mid), ("locationId", "loc1")], &[], Value::Null);
+        let (r, _) = call(
+            &docs,
+            "conversations.messages.recording",
+            &[("messageId", mid), ("locationId", "loc1")],
+            &[],
+            Value::Null,
+        );
         let (ct, bytes) = r.unwrap().raw.unwrap();
         assert_eq!(ct, "audio/x-wav");
         assert_eq!(&bytes[..4], b"RIFF");
         assert_eq!(&bytes[8..12], b"WAVE");
-        let (r, _) = call(&docs, "conversations.messages.transcription", &[("messageId", mid), ("locationId", "loc1")], &[], Value::Null);
+        let (r, _) = call(
+            &docs,
+            "conversations.messages.transcription",
+            &[("messageId", mid), ("locationId", "loc1")],
+            &[],
+            Value::Null,
+        );
         let t = r.unwrap().body;
         assert_eq!(t.as_array().unwrap().len(), 4);
         assert!(t[0]["transcript"].is_string());
@@ -1207,7 +1546,10 @@ mod tests {
         let (r, _) = call(
             &docs,
             "conversations.messages.recording",
-            &[("messageId", sms["id"].as_str().unwrap()), ("locationId", "loc1")],
+            &[
+                ("messageId", sms["id"].as_str().unwrap()),
+                ("locationId", "loc1"),
+            ],
             &[],
             Value::Null,
         );

@@ -48,7 +48,12 @@ fn definitions(ctx: &Ctx<'_>, req: &Req, kind: &str, key: &str) -> HResult {
     }
     let skip = req.query_usize("skip", 0, usize::MAX)?;
     let limit = req.query_usize("limit", 10, 50)?;
-    let page: Vec<Value> = all.iter().skip(skip).take(limit).map(|f| (**f).clone()).collect();
+    let page: Vec<Value> = all
+        .iter()
+        .skip(skip)
+        .take(limit)
+        .map(|f| (**f).clone())
+        .collect();
     ok(json!({ key: page, "total": all.len() }))
 }
 
@@ -62,7 +67,8 @@ fn surveys_list(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
 
 /// The same calendar date one month before `ms` (clamped to the month's length), at 00:00 UTC.
 fn month_ago_ms(ms: i64) -> i64 {
-    let t = time::OffsetDateTime::from_unix_timestamp(ms / 1000).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let t = time::OffsetDateTime::from_unix_timestamp(ms / 1000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
     let (y, m) = match t.month() {
         time::Month::January => (t.year() - 1, time::Month::December),
         other => (t.year(), other.previous()),
@@ -93,7 +99,8 @@ fn submissions(ctx: &Ctx<'_>, req: &Req, kind: &str, parent_param: &str) -> HRes
                 .any(|k| str_of(s, k).to_lowercase().contains(&q))
         });
     }
-    let bad = |k: &str| ApiError::unprocessable(vec![format!("{k} must be a valid date (YYYY-MM-DD)")]);
+    let bad =
+        |k: &str| ApiError::unprocessable(vec![format!("{k} must be a valid date (YYYY-MM-DD)")]);
     let start = match req.query("startAt").filter(|s| !s.is_empty()) {
         Some(s) => day_start_ms(s).ok_or_else(|| bad("startAt"))?,
         None => month_ago_ms(req.now_ms),
@@ -110,7 +117,9 @@ fn submissions(ctx: &Ctx<'_>, req: &Req, kind: &str, parent_param: &str) -> HRes
     all.reverse();
     let page = req.query_usize("page", 1, usize::MAX)?;
     if page == 0 {
-        return Err(ApiError::unprocessable(vec!["page must not be less than 1".into()]));
+        return Err(ApiError::unprocessable(vec![
+            "page must not be less than 1".into(),
+        ]));
     }
     let limit = req.query_usize("limit", 20, 100)?.max(1);
     let total = all.len();
@@ -120,8 +129,16 @@ fn submissions(ctx: &Ctx<'_>, req: &Req, kind: &str, parent_param: &str) -> HRes
         .take(limit)
         .map(|s| (**s).clone())
         .collect();
-    let next = if page.saturating_mul(limit) < total { json!(page + 1) } else { Value::Null };
-    let prev = if page > 1 { json!(page - 1) } else { Value::Null };
+    let next = if page.saturating_mul(limit) < total {
+        json!(page + 1)
+    } else {
+        Value::Null
+    };
+    let prev = if page > 1 {
+        json!(page - 1)
+    } else {
+        Value::Null
+    };
     ok(json!({
         "submissions": items,
         "meta": { "total": total, "currentPage": page, "nextPage": next, "prevPage": prev },
@@ -141,9 +158,28 @@ fn contact_event(c: &Value) -> Value {
     let mut p = Map::new();
     p.insert("type".into(), json!("ContactUpdate"));
     for k in [
-        "locationId", "id", "address1", "city", "state", "companyName", "country", "source",
-        "dateAdded", "dateOfBirth", "dnd", "email", "name", "firstName", "lastName", "phone",
-        "postalCode", "tags", "website", "attachments", "assignedTo", "customFields",
+        "locationId",
+        "id",
+        "address1",
+        "city",
+        "state",
+        "companyName",
+        "country",
+        "source",
+        "dateAdded",
+        "dateOfBirth",
+        "dnd",
+        "email",
+        "name",
+        "firstName",
+        "lastName",
+        "phone",
+        "postalCode",
+        "tags",
+        "website",
+        "attachments",
+        "assignedTo",
+        "customFields",
     ] {
         if let Some(v) = c.get(k) {
             p.insert(k.into(), v.clone());
@@ -176,7 +212,9 @@ fn upload_custom_files(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
     let contact_id = req.query("contactId").unwrap_or_default();
     let old = ctx.find(CONTACT, contact_id, "Contact", req)?;
     if str_of(&old, "locationId") != loc {
-        return Err(ApiError::bad_request("Contact does not belong to this location"));
+        return Err(ApiError::bad_request(
+            "Contact does not belong to this location",
+        ));
     }
     let mut files: Vec<(String, String, Value)> = Vec::new();
     for (key, v) in req.body_object() {
@@ -191,7 +229,9 @@ fn upload_custom_files(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
             .map(|d| d.body.clone())
             .ok_or_else(|| ApiError::bad_request(format!("Custom field {field} not found")))?;
         if str_of(&def, "dataType") != "FILE_UPLOAD" {
-            return Err(ApiError::bad_request(format!("Custom field {field} is not a file upload field")));
+            return Err(ApiError::bad_request(format!(
+                "Custom field {field} is not a file upload field"
+            )));
         }
         let name = match &v {
             Value::String(s) => s.rsplit('/').next().unwrap_or(s).to_string(),
@@ -255,9 +295,13 @@ fn submission(
     answers: Map<String, Value>,
     created_ms: i64,
 ) -> Value {
-    let name = format!("{} {}", str_of(contact, "firstName"), str_of(contact, "lastName"))
-        .trim()
-        .to_string();
+    let name = format!(
+        "{} {}",
+        str_of(contact, "firstName"),
+        str_of(contact, "lastName")
+    )
+    .trim()
+    .to_string();
     let mut others = answers;
     let order: Vec<Value> = others.keys().map(|k| json!(k)).collect();
     others.insert(
@@ -295,7 +339,13 @@ pub fn seed(ctx: &mut Ctx<'_>, seed: &mut Seed) -> Result<(), ApiError> {
     let mut forms = Vec::new();
     for name in ["Contact Us", "Free Consultation Request"] {
         let id = new_id();
-        ctx.put(FORM, &id, Some(&loc), None, json!({ "id": id, "name": name, "locationId": loc, "type": "form" }))?;
+        ctx.put(
+            FORM,
+            &id,
+            Some(&loc),
+            None,
+            json!({ "id": id, "name": name, "locationId": loc, "type": "form" }),
+        )?;
         seed.ids.entry("form").or_default().push(id.clone());
         forms.push((id, name));
     }
@@ -308,7 +358,10 @@ pub fn seed(ctx: &mut Ctx<'_>, seed: &mut Seed) -> Result<(), ApiError> {
         None,
         json!({ "id": survey_id, "name": survey_name, "locationId": loc, "type": "survey" }),
     )?;
-    seed.ids.entry("survey").or_default().push(survey_id.clone());
+    seed.ids
+        .entry("survey")
+        .or_default()
+        .push(survey_id.clone());
     let contacts: Vec<Value> = seed
         .ids("contact")
         .iter()
@@ -323,7 +376,9 @@ pub fn seed(ctx: &mut Ctx<'_>, seed: &mut Seed) -> Result<(), ApiError> {
     ];
     for i in 0..30_usize {
         let contact = match contacts.len() {
-            0 => json!({ "id": new_id(), "firstName": "Guest", "email": format!("guest{i}@example.com") }),
+            0 => {
+                json!({ "id": new_id(), "firstName": "Guest", "email": format!("guest{i}@example.com") })
+            }
             n => contacts[seed.rng.random_range(0..n)].clone(),
         };
         let created = seed.now_ms - (30 - i64::try_from(i).unwrap_or(0)) * 17 * hour;
@@ -332,13 +387,33 @@ pub fn seed(ctx: &mut Ctx<'_>, seed: &mut Seed) -> Result<(), ApiError> {
         answers.insert("email".into(), json!(str_of(&contact, "email")));
         let (kind, parent, s) = if i % 3 == 2 {
             answers.insert("rating".into(), json!(seed.rng.random_range(3..=5)));
-            answers.insert("would_recommend".into(), json!(if seed.rng.random_bool(0.8) { "Yes" } else { "No" }));
-            let s = submission(&loc, "surveyId", &survey_id, survey_name, &contact, answers, created);
+            answers.insert(
+                "would_recommend".into(),
+                json!(if seed.rng.random_bool(0.8) {
+                    "Yes"
+                } else {
+                    "No"
+                }),
+            );
+            let s = submission(
+                &loc,
+                "surveyId",
+                &survey_id,
+                survey_name,
+                &contact,
+                answers,
+                created,
+            );
             (SURVEY_SUBMISSION, survey_id.clone(), s)
         } else {
             let (form_id, form_name) = &forms[i % 2];
-            answers.insert("message".into(), json!(messages[seed.rng.random_range(0..messages.len())]));
-            let s = submission(&loc, "formId", form_id, form_name, &contact, answers, created);
+            answers.insert(
+                "message".into(),
+                json!(messages[seed.rng.random_range(0..messages.len())]),
+            );
+            let s = submission(
+                &loc, "formId", form_id, form_name, &contact, answers, created,
+            );
             (FORM_SUBMISSION, form_id.clone(), s)
         };
         let id = str_of(&s, "id").to_string();
@@ -402,35 +477,102 @@ mod tests {
     fn lists_and_submission_pages() {
         let docs = RwLock::new(Docs::default());
         let s = seeded(&docs);
-        let (r, _) = call(&docs, "forms.list", &[], &[("locationId", "loc1"), ("limit", "1")], Value::Null);
+        let (r, _) = call(
+            &docs,
+            "forms.list",
+            &[],
+            &[("locationId", "loc1"), ("limit", "1")],
+            Value::Null,
+        );
         let b = body(&r);
         assert_eq!(b["total"], 2);
         assert_eq!(b["forms"].as_array().map(Vec::len), Some(1));
-        let (r, _) = call(&docs, "surveys.list", &[], &[("locationId", "loc1")], Value::Null);
+        let (r, _) = call(
+            &docs,
+            "surveys.list",
+            &[],
+            &[("locationId", "loc1")],
+            Value::Null,
+        );
         assert_eq!(body(&r)["surveys"][0]["name"], "Customer Satisfaction");
 
-        let (r, _) = call(&docs, "forms.submissions.list", &[], &[("locationId", "loc1"), ("limit", "15")], Value::Null);
+        let (r, _) = call(
+            &docs,
+            "forms.submissions.list",
+            &[],
+            &[("locationId", "loc1"), ("limit", "15")],
+            Value::Null,
+        );
         let b = body(&r);
-        assert_eq!(b["meta"], json!({ "total": 20, "currentPage": 1, "nextPage": 2, "prevPage": null }));
-        let first = b["submissions"][0]["createdAt"].as_str().unwrap_or_default().to_string();
-        let second = b["submissions"][1]["createdAt"].as_str().unwrap_or_default().to_string();
+        assert_eq!(
+            b["meta"],
+            json!({ "total": 20, "currentPage": 1, "nextPage": 2, "prevPage": null })
+        );
+        let first = b["submissions"][0]["createdAt"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let second = b["submissions"][1]["createdAt"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         assert!(first > second, "newest first");
-        let (r, _) = call(&docs, "forms.submissions.list", &[], &[("locationId", "loc1"), ("limit", "15"), ("page", "2")], Value::Null);
+        let (r, _) = call(
+            &docs,
+            "forms.submissions.list",
+            &[],
+            &[("locationId", "loc1"), ("limit", "15"), ("page", "2")],
+            Value::Null,
+        );
         let b = body(&r);
         assert_eq!(b["submissions"].as_array().map(Vec::len), Some(5));
         assert_eq!(b["meta"]["nextPage"], Value::Null);
         assert_eq!(b["meta"]["prevPage"], 1);
 
         let form = s.ids("form")[0].clone();
-        let (r, _) = call(&docs, "forms.submissions.list", &[], &[("locationId", "loc1"), ("formId", form.as_str())], Value::Null);
+        let (r, _) = call(
+            &docs,
+            "forms.submissions.list",
+            &[],
+            &[("locationId", "loc1"), ("formId", form.as_str())],
+            Value::Null,
+        );
         assert_eq!(body(&r)["meta"]["total"], 10);
-        let (r, _) = call(&docs, "surveys.submissions.list", &[], &[("locationId", "loc1"), ("q", "ann1@")], Value::Null);
+        let (r, _) = call(
+            &docs,
+            "surveys.submissions.list",
+            &[],
+            &[("locationId", "loc1"), ("q", "ann1@")],
+            Value::Null,
+        );
         let b = body(&r);
-        assert!(b["submissions"].as_array().into_iter().flatten().all(|x| x["email"] == "ann1@example.com"));
+        assert!(
+            b["submissions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .all(|x| x["email"] == "ann1@example.com")
+        );
         // A window before the seeded data is empty.
-        let (r, _) = call(&docs, "forms.submissions.list", &[], &[("locationId", "loc1"), ("startAt", "2020-01-01"), ("endAt", "2020-02-01")], Value::Null);
+        let (r, _) = call(
+            &docs,
+            "forms.submissions.list",
+            &[],
+            &[
+                ("locationId", "loc1"),
+                ("startAt", "2020-01-01"),
+                ("endAt", "2020-02-01"),
+            ],
+            Value::Null,
+        );
         assert_eq!(body(&r)["meta"]["total"], 0);
-        let (r, _) = call(&docs, "forms.submissions.list", &[], &[("locationId", "loc1"), ("page", "0")], Value::Null);
+        let (r, _) = call(
+            &docs,
+            "forms.submissions.list",
+            &[],
+            &[("locationId", "loc1"), ("page", "0")],
+            Value::Null,
+        );
         assert_eq!(status(&r), 422);
     }
 
@@ -440,10 +582,22 @@ mod tests {
         seeded(&docs);
         {
             let mut ctx = Ctx::new(Guard::Write(docs.write()), NOW);
-            ctx.put(CUSTOM_FIELD, "cfFile", Some("loc1"), None, json!({ "id": "cfFile", "dataType": "FILE_UPLOAD" }))
-                .expect("put");
-            ctx.put(CUSTOM_FIELD, "cfText", Some("loc1"), None, json!({ "id": "cfText", "dataType": "TEXT" }))
-                .expect("put");
+            ctx.put(
+                CUSTOM_FIELD,
+                "cfFile",
+                Some("loc1"),
+                None,
+                json!({ "id": "cfFile", "dataType": "FILE_UPLOAD" }),
+            )
+            .expect("put");
+            ctx.put(
+                CUSTOM_FIELD,
+                "cfText",
+                Some("loc1"),
+                None,
+                json!({ "id": "cfText", "dataType": "TEXT" }),
+            )
+            .expect("put");
         }
         let q = [("contactId", "contact1"), ("locationId", "loc1")];
         let (r, ev) = call(
@@ -456,13 +610,35 @@ mod tests {
         let c = body(&r)["contact"].clone();
         let value = &c["customFields"][0]["value"]["123e4567"];
         assert_eq!(value["meta"]["originalname"], "resume.pdf");
-        assert!(value["url"].as_str().is_some_and(|u| u.starts_with("https://")));
+        assert!(
+            value["url"]
+                .as_str()
+                .is_some_and(|u| u.starts_with("https://"))
+        );
         assert_eq!(ev[0].kind, "ContactUpdate");
-        let (r, _) = call(&docs, "forms.upload_custom_files", &[], &q, json!({ "cfText_1": "a.txt" }));
+        let (r, _) = call(
+            &docs,
+            "forms.upload_custom_files",
+            &[],
+            &q,
+            json!({ "cfText_1": "a.txt" }),
+        );
         assert_eq!(status(&r), 400);
-        let (r, _) = call(&docs, "forms.upload_custom_files", &[], &[("contactId", "nobody"), ("locationId", "loc1")], Value::Null);
+        let (r, _) = call(
+            &docs,
+            "forms.upload_custom_files",
+            &[],
+            &[("contactId", "nobody"), ("locationId", "loc1")],
+            Value::Null,
+        );
         assert_eq!(status(&r), 404);
-        let (r, _) = call(&docs, "forms.upload_custom_files", &[], &[("locationId", "loc1")], Value::Null);
+        let (r, _) = call(
+            &docs,
+            "forms.upload_custom_files",
+            &[],
+            &[("locationId", "loc1")],
+            Value::Null,
+        );
         assert_eq!(status(&r), 422);
     }
 }

@@ -101,18 +101,36 @@ fn validate_items(key: &str, items: Option<&Value>, errs: &mut Vec<String>) {
                 errs.push(format!("{key}.{i}.{f} should not be empty"));
             }
         }
-        if !it.get("amount").and_then(Value::as_f64).is_some_and(|a| a >= 0.0) {
-            errs.push(format!("{key}.{i}.amount must be a number conforming to the specified constraints"));
+        if !it
+            .get("amount")
+            .and_then(Value::as_f64)
+            .is_some_and(|a| a >= 0.0)
+        {
+            errs.push(format!(
+                "{key}.{i}.amount must be a number conforming to the specified constraints"
+            ));
         }
-        if !it.get("qty").and_then(Value::as_f64).is_some_and(|q| q > 0.0) {
+        if !it
+            .get("qty")
+            .and_then(Value::as_f64)
+            .is_some_and(|q| q > 0.0)
+        {
             errs.push(format!("{key}.{i}.qty must be a positive number"));
         }
         if let Some(t) = it.get("type").and_then(Value::as_str)
             && !["one_time", "recurring"].contains(&t)
         {
-            errs.push(format!("{key}.{i}.type must be one of the following values: one_time, recurring"));
+            errs.push(format!(
+                "{key}.{i}.type must be one of the following values: one_time, recurring"
+            ));
         }
-        for (j, tax) in it.get("taxes").and_then(Value::as_array).into_iter().flatten().enumerate() {
+        for (j, tax) in it
+            .get("taxes")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
             if !tax.get("rate").is_some_and(Value::is_number) {
                 errs.push(format!("{key}.{i}.taxes.{j}.rate must be a number conforming to the specified constraints"));
             }
@@ -128,11 +146,16 @@ fn validate(body: &Map<String, Value>, items_key: &str, errs: &mut Vec<String>) 
     if let Some(d) = body.get("discount").filter(|d| !d.is_null()) {
         let ty = d.get("type").and_then(Value::as_str);
         if !ty.is_some_and(|t| ["percentage", "fixed"].contains(&t)) {
-            errs.push("discount.type must be one of the following values: percentage, fixed".into());
+            errs.push(
+                "discount.type must be one of the following values: percentage, fixed".into(),
+            );
         }
         match d.get("value").filter(|v| !v.is_null()) {
             Some(v) if !v.as_f64().is_some_and(|v| v >= 0.0) => {
-                errs.push("discount.value must be a number conforming to the specified constraints".into());
+                errs.push(
+                    "discount.value must be a number conforming to the specified constraints"
+                        .into(),
+                );
             }
             Some(v) if ty == Some("percentage") && v.as_f64().is_some_and(|v| v > 100.0) => {
                 errs.push("discount.value must not be greater than 100".into());
@@ -148,7 +171,9 @@ fn validate(body: &Map<String, Value>, items_key: &str, errs: &mut Vec<String>) 
         }
     }
     if let Some(c) = body.get("contactDetails").filter(|v| !v.is_null())
-        && c.get("id").and_then(Value::as_str).is_none_or(str::is_empty)
+        && c.get("id")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
     {
         errs.push("contactDetails.id should not be empty".into());
     }
@@ -165,7 +190,11 @@ fn validate(body: &Map<String, Value>, items_key: &str, errs: &mut Vec<String>) 
 }
 
 fn check(errs: Vec<String>) -> Result<(), ApiError> {
-    if errs.is_empty() { Ok(()) } else { Err(ApiError::unprocessable(errs)) }
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::unprocessable(errs))
+    }
 }
 
 /// Recomputes an invoice's `total`, `totalSummary` and `amountDue` from its items, discount
@@ -194,11 +223,17 @@ pub fn compute_totals(inv: &mut Value) {
     // Taxes apply to each line after its share of the discount.
     let mut tax = 0.0;
     for it in &items {
-        if it.get("taxInclusive").and_then(Value::as_bool).unwrap_or(false) {
+        if it
+            .get("taxInclusive")
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
+        {
             continue;
         }
         let mut base = line(it);
-        if discountable > 0.0 && (valid_on.is_empty() || valid_on.contains(&str_of(it, "productId"))) {
+        if discountable > 0.0
+            && (valid_on.is_empty() || valid_on.contains(&str_of(it, "productId")))
+        {
             base -= discount_amount * line(it) / discountable;
         }
         for t in it["taxes"].as_array().into_iter().flatten() {
@@ -274,7 +309,13 @@ fn next_number(ctx: &mut Ctx<'_>, loc: &str, prefix: &str) -> Result<String, Api
         n += 1;
         number = format!("{prefix}{n:04}");
     }
-    ctx.put(INVOICE_COUNTER, loc, Some(loc), None, json!({ "id": loc, "next": n + 1 }))?;
+    ctx.put(
+        INVOICE_COUNTER,
+        loc,
+        Some(loc),
+        None,
+        json!({ "id": loc, "next": n + 1 }),
+    )?;
     Ok(number)
 }
 
@@ -354,10 +395,16 @@ fn insert_invoice(
         .and_then(Value::as_str)
         .unwrap_or("INV-")
         .to_string();
-    let number = match body.get("invoiceNumber").and_then(Value::as_str).filter(|s| !s.is_empty()) {
+    let number = match body
+        .get("invoiceNumber")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+    {
         Some(n) => {
             if number_taken(ctx, loc, n, None) {
-                return Err(ApiError::bad_request(format!("Invoice number {n} already exists")));
+                return Err(ApiError::bad_request(format!(
+                    "Invoice number {n} already exists"
+                )));
             }
             n.to_string()
         }
@@ -413,7 +460,10 @@ fn list(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
     if let Some(c) = req.query("contactId").filter(|s| !s.is_empty()) {
         all.retain(|i| i["contactDetails"]["id"].as_str() == Some(c));
     }
-    if let Some(mode) = req.query("paymentMode").filter(|s| !s.is_empty() && *s != "default") {
+    if let Some(mode) = req
+        .query("paymentMode")
+        .filter(|s| !s.is_empty() && *s != "default")
+    {
         let live = mode == "live";
         all.retain(|i| i.get("liveMode").and_then(Value::as_bool).unwrap_or(false) == live);
     }
@@ -422,9 +472,16 @@ fn list(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
         let q = q.to_lowercase();
         all.retain(|i| {
             let c = &i["contactDetails"];
-            [str_of(i, "_id"), str_of(i, "name"), str_of(i, "invoiceNumber"), str_of(c, "name"), str_of(c, "email"), str_of(c, "phoneNo")]
-                .iter()
-                .any(|s| s.to_lowercase().contains(&q))
+            [
+                str_of(i, "_id"),
+                str_of(i, "name"),
+                str_of(i, "invoiceNumber"),
+                str_of(c, "name"),
+                str_of(c, "email"),
+                str_of(c, "phoneNo"),
+            ]
+            .iter()
+            .any(|s| s.to_lowercase().contains(&q))
         });
     }
     // Newest first; `sortField=issueDate` sorts by issue date (`sortOrder`, default descend).
@@ -439,7 +496,12 @@ fn list(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
     }
     let offset = req.query_usize("offset", 0, usize::MAX)?;
     let limit = req.query_usize("limit", 10, 100)?;
-    let page: Vec<Value> = all.iter().skip(offset).take(limit).map(|i| (**i).clone()).collect();
+    let page: Vec<Value> = all
+        .iter()
+        .skip(offset)
+        .take(limit)
+        .map(|i| (**i).clone())
+        .collect();
     ok(json!({ "invoices": page, "total": all.len() }))
 }
 
@@ -473,7 +535,15 @@ fn create(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
 }
 
 fn update(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
-    req.require_fields(&["altId", "altType", "name", "currency", "invoiceItems", "issueDate", "dueDate"])?;
+    req.require_fields(&[
+        "altId",
+        "altType",
+        "name",
+        "currency",
+        "invoiceItems",
+        "issueDate",
+        "dueDate",
+    ])?;
     let body = req.body_object();
     let mut errs = Vec::new();
     validate(&body, "invoiceItems", &mut errs);
@@ -483,12 +553,20 @@ fn update(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
     let old = invoice_of(ctx, req, id)?;
     let status = str_of(&old, "status");
     if ["paid", "partially_paid", "void"].contains(&status) {
-        return Err(ApiError::bad_request(format!("Invoice in {status} status cannot be updated")));
+        return Err(ApiError::bad_request(format!(
+            "Invoice in {status} status cannot be updated"
+        )));
     }
     let mut inv = (*old).clone();
-    if let Some(n) = body.get("invoiceNumber").and_then(Value::as_str).filter(|s| !s.is_empty()) {
+    if let Some(n) = body
+        .get("invoiceNumber")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+    {
         if number_taken(ctx, &loc, n, Some(id)) {
-            return Err(ApiError::bad_request(format!("Invoice number {n} already exists")));
+            return Err(ApiError::bad_request(format!(
+                "Invoice number {n} already exists"
+            )));
         }
         inv["invoiceNumber"] = json!(n);
     }
@@ -506,7 +584,9 @@ fn delete(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
     let inv = invoice_of(ctx, req, id)?;
     let status = str_of(&inv, "status");
     if ["paid", "partially_paid"].contains(&status) {
-        return Err(ApiError::bad_request(format!("Invoice in {status} status cannot be deleted")));
+        return Err(ApiError::bad_request(format!(
+            "Invoice in {status} status cannot be deleted"
+        )));
     }
     ctx.delete(INVOICE, id)?;
     emit(ctx, "InvoiceDelete", &inv);
@@ -632,7 +712,10 @@ fn apply_payment(
             contact_id: inv["contactDetails"]["id"].as_str().unwrap_or_default(),
             amount,
             currency: str_of(old, "currency"),
-            live_mode: old.get("liveMode").and_then(Value::as_bool).unwrap_or(false),
+            live_mode: old
+                .get("liveMode")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
             entity_type: "invoice",
             entity_id: &id,
             source: json!({ "type": "invoice", "id": id, "name": str_of(old, "name") }),
@@ -643,7 +726,15 @@ fn apply_payment(
         },
     )?;
     ctx.replace(INVOICE, &id, inv.clone())?;
-    emit(ctx, if fully { "InvoicePaid" } else { "InvoicePartiallyPaid" }, &inv);
+    emit(
+        ctx,
+        if fully {
+            "InvoicePaid"
+        } else {
+            "InvoicePartiallyPaid"
+        },
+        &inv,
+    );
     Ok(inv)
 }
 
@@ -654,7 +745,10 @@ fn record_payment(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
     let mode = req.field_str("mode").unwrap_or_default();
     let mut errs = Vec::new();
     if !PAYMENT_MODES.contains(&mode) {
-        errs.push(format!("mode must be one of the following values: {}", PAYMENT_MODES.join(", ")));
+        errs.push(format!(
+            "mode must be one of the following values: {}",
+            PAYMENT_MODES.join(", ")
+        ));
     }
     if mode == "card" && req.field("card").is_none() {
         errs.push("card should not be empty".into());
@@ -671,18 +765,32 @@ fn record_payment(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
     alt_scope(ctx, req)?;
     let old = invoice_of(ctx, req, req.path("invoiceId")?)?;
     match str_of(&old, "status") {
-        "void" => return Err(ApiError::bad_request("Payment cannot be recorded for a void invoice")),
+        "void" => {
+            return Err(ApiError::bad_request(
+                "Payment cannot be recorded for a void invoice",
+            ));
+        }
         "paid" => return Err(ApiError::bad_request("Invoice is already paid")),
         _ => {}
     }
     let due = num_of(&old, "amountDue");
-    let amount = req.field("amount").and_then(Value::as_f64).map_or(due, money);
+    let amount = req
+        .field("amount")
+        .and_then(Value::as_f64)
+        .map_or(due, money);
     if amount > due {
         return Err(ApiError::bad_request(format!(
             "Amount {amount} is more than the amount due ({due})"
         )));
     }
-    let inv = apply_payment(ctx, &old, amount, mode, req.field("card").cloned(), req.field_str("notes"))?;
+    let inv = apply_payment(
+        ctx,
+        &old,
+        amount,
+        mode,
+        req.field("card").cloned(),
+        req.field_str("notes"),
+    )?;
     ok(json!({ "success": true, "invoice": inv }))
 }
 
@@ -726,16 +834,30 @@ fn text2pay(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
         None => insert_invoice(ctx, &loc, &body, "items")?,
     };
     let inv = if action == "send" {
-        let channel = if inv["sentTo"].get("phoneNo").and_then(Value::as_array).is_some_and(|a| !a.is_empty()) {
+        let channel = if inv["sentTo"]
+            .get("phoneNo")
+            .and_then(Value::as_array)
+            .is_some_and(|a| !a.is_empty())
+        {
             "sms_and_email"
         } else {
             "email"
         };
-        mark_sent(ctx, &inv, channel, req.field_str("userId").unwrap_or_default(), None)?.0
+        mark_sent(
+            ctx,
+            &inv,
+            channel,
+            req.field_str("userId").unwrap_or_default(),
+            None,
+        )?
+        .0
     } else {
         inv
     };
-    let url = format!("https://invoices.sandbox.test/invoice/{}", str_of(&inv, "_id"));
+    let url = format!(
+        "https://invoices.sandbox.test/invoice/{}",
+        str_of(&inv, "_id")
+    );
     ok(json!({ "invoice": inv, "invoiceUrl": url }))
 }
 
@@ -743,7 +865,11 @@ fn estimates_list(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
     let loc = alt_scope(ctx, req)?;
     let mut all = ctx.list(ESTIMATE, &loc);
     if let Some(s) = req.query("status").filter(|s| !s.is_empty() && *s != "all") {
-        if !["draft", "sent", "accepted", "declined", "invoiced", "viewed"].contains(&s) {
+        if ![
+            "draft", "sent", "accepted", "declined", "invoiced", "viewed",
+        ]
+        .contains(&s)
+        {
             return Err(ApiError::unprocessable(vec![
                 "status must be one of the following values: all, draft, sent, accepted, declined, invoiced, viewed".into(),
             ]));
@@ -761,15 +887,25 @@ fn estimates_list(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
     all.reverse();
     let offset = req.query_usize("offset", 0, usize::MAX)?;
     let limit = req.query_usize("limit", 10, 100)?;
-    let page: Vec<Value> = all.iter().skip(offset).take(limit).map(|e| (**e).clone()).collect();
+    let page: Vec<Value> = all
+        .iter()
+        .skip(offset)
+        .take(limit)
+        .map(|e| (**e).clone())
+        .collect();
     ok(json!({ "estimates": page, "total": all.len(), "traceId": trace_id() }))
 }
 
 /// The invoice `contactDetails` of a contact document.
 fn contact_details(ctx: &Ctx<'_>, contact_id: &str) -> Value {
     let c = ctx.get(CONTACT, contact_id).map(|d| d.body.clone());
-    let c = c.as_deref().cloned().unwrap_or_else(|| json!({ "id": contact_id }));
-    let name = format!("{} {}", str_of(&c, "firstName"), str_of(&c, "lastName")).trim().to_string();
+    let c = c
+        .as_deref()
+        .cloned()
+        .unwrap_or_else(|| json!({ "id": contact_id }));
+    let name = format!("{} {}", str_of(&c, "firstName"), str_of(&c, "lastName"))
+        .trim()
+        .to_string();
     json!({
         "id": contact_id,
         "name": if name.is_empty() { "Customer".to_string() } else { name },
@@ -813,7 +949,18 @@ pub fn seed(ctx: &mut Ctx<'_>, seed: &mut Seed) -> Result<(), ApiError> {
     let user = seed.ids("user").first().cloned().unwrap_or_default();
     let base = ctx.now_ms;
     let day = 86_400_000_i64;
-    let plan = ["draft", "sent", "paid", "partially_paid", "sent", "void", "paid", "draft", "sent", "paid"];
+    let plan = [
+        "draft",
+        "sent",
+        "paid",
+        "partially_paid",
+        "sent",
+        "void",
+        "paid",
+        "draft",
+        "sent",
+        "paid",
+    ];
     for (i, target) in plan.iter().enumerate() {
         ctx.now_ms = base - day * (45 - 4 * i64::try_from(i).unwrap_or(0));
         let contact = match contacts.len() {
@@ -851,11 +998,25 @@ pub fn seed(ctx: &mut Ctx<'_>, seed: &mut Seed) -> Result<(), ApiError> {
         match *target {
             "paid" => {
                 let due = num_of(&inv, "amountDue");
-                inv = apply_payment(ctx, &inv, due, "card", Some(json!({ "brand": "visa", "last4": "4242" })), None)?;
+                inv = apply_payment(
+                    ctx,
+                    &inv,
+                    due,
+                    "card",
+                    Some(json!({ "brand": "visa", "last4": "4242" })),
+                    None,
+                )?;
             }
             "partially_paid" => {
                 let half = money(num_of(&inv, "amountDue") / 2.0);
-                inv = apply_payment(ctx, &inv, half, "bank_transfer", None, Some("First instalment"))?;
+                inv = apply_payment(
+                    ctx,
+                    &inv,
+                    half,
+                    "bank_transfer",
+                    None,
+                    Some("First instalment"),
+                )?;
             }
             "void" => {
                 let mut v = inv.clone();
@@ -864,7 +1025,10 @@ pub fn seed(ctx: &mut Ctx<'_>, seed: &mut Seed) -> Result<(), ApiError> {
             }
             _ => {}
         }
-        seed.ids.entry("invoice").or_default().push(str_of(&inv, "_id").to_string());
+        seed.ids
+            .entry("invoice")
+            .or_default()
+            .push(str_of(&inv, "_id").to_string());
     }
     let company = seed.company_id.clone();
     for (i, status) in ["draft", "sent", "accepted", "declined"].iter().enumerate() {
@@ -971,7 +1135,10 @@ mod tests {
         });
         compute_totals(&mut inv);
         // 250 subtotal, 25 discount, tax 10% of (200 - 20) = 18.
-        assert_eq!(inv["totalSummary"], json!({ "subTotal": 250.0, "discount": 25.0, "tax": 18.0 }));
+        assert_eq!(
+            inv["totalSummary"],
+            json!({ "subTotal": 250.0, "discount": 25.0, "tax": 18.0 })
+        );
         assert_eq!(inv["total"], 243.0);
         assert_eq!(inv["amountDue"], 243.0);
     }
@@ -1006,7 +1173,18 @@ mod tests {
         assert_eq!(b["total"], 270.0, "10% discount kept");
         let (r, _) = call(&docs, "invoices.create", &[], &[], new_invoice());
         assert_eq!(body(&r)["invoiceNumber"], "INV-0002");
-        let (r, _) = call(&docs, "invoices.list", &[], &[("altId", "loc1"), ("altType", "location"), ("limit", "1"), ("offset", "0")], Value::Null);
+        let (r, _) = call(
+            &docs,
+            "invoices.list",
+            &[],
+            &[
+                ("altId", "loc1"),
+                ("altType", "location"),
+                ("limit", "1"),
+                ("offset", "0"),
+            ],
+            Value::Null,
+        );
         let b = body(&r);
         assert_eq!(b["total"], 2);
         assert_eq!(b["invoices"][0]["invoiceNumber"], "INV-0002");
@@ -1016,12 +1194,22 @@ mod tests {
         let (r, _) = call(&docs, "invoices.get", &path, &ALT, Value::Null);
         assert_eq!(status(&r), 404);
         let (r, _) = call(&docs, "invoices.create", &[], &[], new_invoice());
-        assert_eq!(body(&r)["invoiceNumber"], "INV-0003", "numbers are not reused");
+        assert_eq!(
+            body(&r)["invoiceNumber"],
+            "INV-0003",
+            "numbers are not reused"
+        );
         let mut bad = new_invoice();
         bad["discount"] = json!({ "type": "bogus" });
         let (r, _) = call(&docs, "invoices.create", &[], &[], bad);
         assert_eq!(status(&r), 422);
-        let (r, _) = call(&docs, "invoices.create", &[], &[], json!({ "altId": "loc1" }));
+        let (r, _) = call(
+            &docs,
+            "invoices.create",
+            &[],
+            &[],
+            json!({ "altId": "loc1" }),
+        );
         assert_eq!(status(&r), 422);
     }
 
@@ -1043,21 +1231,40 @@ mod tests {
         assert!(b["smsData"].is_object() && b["emailData"].is_object());
         assert_eq!(ev[0].kind, "InvoiceSent");
         let pay = |amount: Option<f64>| {
-            let mut b = json!({ "altId": "loc1", "altType": "location", "mode": "cash", "notes": "x" });
+            let mut b =
+                json!({ "altId": "loc1", "altType": "location", "mode": "cash", "notes": "x" });
             if let Some(a) = amount {
                 b["amount"] = json!(a);
             }
             b
         };
-        let (r, ev) = call(&docs, "invoices.record_payment", &path, &[], pay(Some(100.0)));
+        let (r, ev) = call(
+            &docs,
+            "invoices.record_payment",
+            &path,
+            &[],
+            pay(Some(100.0)),
+        );
         let b = body(&r);
         assert_eq!(b["success"], true);
         assert_eq!(b["invoice"]["status"], "partially_paid");
         assert_eq!(b["invoice"]["amountDue"], 143.0);
         assert_eq!(ev[0].kind, "InvoicePartiallyPaid");
-        let (r, _) = call(&docs, "invoices.record_payment", &path, &[], pay(Some(500.0)));
+        let (r, _) = call(
+            &docs,
+            "invoices.record_payment",
+            &path,
+            &[],
+            pay(Some(500.0)),
+        );
         assert_eq!(status(&r), 400, "more than due");
-        let (r, _) = call(&docs, "invoices.void", &path, &[], json!({ "altId": "loc1", "altType": "location" }));
+        let (r, _) = call(
+            &docs,
+            "invoices.void",
+            &path,
+            &[],
+            json!({ "altId": "loc1", "altType": "location" }),
+        );
         assert_eq!(body(&r)["status"], "void");
         let (r, ev) = call(&docs, "invoices.record_payment", &path, &[], pay(None));
         assert_eq!(status(&r), 400, "void");
@@ -1069,11 +1276,27 @@ mod tests {
         let (r, ev) = call(&docs, "invoices.record_payment", &path2, &[], pay(None));
         assert_eq!(body(&r)["invoice"]["status"], "paid");
         assert_eq!(ev[0].kind, "InvoicePaid");
-        let (r, _) = call(&docs, "invoices.void", &path2, &[], json!({ "altId": "loc1", "altType": "location" }));
+        let (r, _) = call(
+            &docs,
+            "invoices.void",
+            &path2,
+            &[],
+            json!({ "altId": "loc1", "altType": "location" }),
+        );
         assert_eq!(status(&r), 400);
         let (r, _) = call(&docs, "payments.transactions.list", &[], &ALT, Value::Null);
         assert_eq!(body(&r)["totalCount"], 2);
-        let (r, _) = call(&docs, "invoices.list", &[], &[("altId", "loc1"), ("altType", "location"), ("status", "paid")], Value::Null);
+        let (r, _) = call(
+            &docs,
+            "invoices.list",
+            &[],
+            &[
+                ("altId", "loc1"),
+                ("altType", "location"),
+                ("status", "paid"),
+            ],
+            Value::Null,
+        );
         assert_eq!(body(&r)["total"], 1);
     }
 
@@ -1086,12 +1309,33 @@ mod tests {
         let (r, ev) = call(&docs, "invoices.text2pay", &[], &[], b);
         let out = body(&r);
         assert_eq!(out["invoice"]["status"], "sent");
-        assert!(out["invoiceUrl"].as_str().is_some_and(|u| u.contains(out["invoice"]["_id"].as_str().unwrap_or("-"))));
+        assert!(
+            out["invoiceUrl"]
+                .as_str()
+                .is_some_and(|u| u.contains(out["invoice"]["_id"].as_str().unwrap_or("-")))
+        );
         let kinds: Vec<&str> = ev.iter().map(|e| e.kind.as_str()).collect();
         assert_eq!(kinds, ["InvoiceCreate", "InvoiceSent"]);
-        let (r, _) = call(&docs, "invoices.estimates.list", &[], &[("altId", "loc1"), ("altType", "location"), ("limit", "10"), ("offset", "0")], Value::Null);
+        let (r, _) = call(
+            &docs,
+            "invoices.estimates.list",
+            &[],
+            &[
+                ("altId", "loc1"),
+                ("altType", "location"),
+                ("limit", "10"),
+                ("offset", "0"),
+            ],
+            Value::Null,
+        );
         assert_eq!(body(&r)["total"], 0);
-        let (r, _) = call(&docs, "invoices.list", &[], &[("altId", "loc1"), ("altType", "agency")], Value::Null);
+        let (r, _) = call(
+            &docs,
+            "invoices.list",
+            &[],
+            &[("altId", "loc1"), ("altType", "agency")],
+            Value::Null,
+        );
         assert_eq!(status(&r), 422);
     }
 }

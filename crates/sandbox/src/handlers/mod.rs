@@ -179,8 +179,14 @@ impl Req {
             .or_else(|| self.query("locationId"))
             .or_else(|| self.query("location_id"))
             .or_else(|| self.field_str("locationId"))
-            .or_else(|| self.field_str("altId").filter(|_| self.field_str("altType") == Some("location")))
-            .or_else(|| self.query("altId").filter(|_| self.query("altType") == Some("location")));
+            .or_else(|| {
+                self.field_str("altId")
+                    .filter(|_| self.field_str("altType") == Some("location"))
+            })
+            .or_else(|| {
+                self.query("altId")
+                    .filter(|_| self.query("altType") == Some("location"))
+            });
         match (explicit, &self.caller.location_id) {
             (Some(l), _) => Ok(l.to_string()),
             (None, Some(l)) => Ok(l.clone()),
@@ -265,8 +271,16 @@ impl<'a> Ctx<'a> {
 
     /// A document's body, or 404 `<what> not found`; 403 when it belongs to another location
     /// than the request's.
-    pub fn find(&self, kind: &str, id: &str, what: &str, req: &Req) -> Result<Arc<Value>, ApiError> {
-        let doc = self.get(kind, id).ok_or_else(|| ApiError::not_found(what))?;
+    pub fn find(
+        &self,
+        kind: &str,
+        id: &str,
+        what: &str,
+        req: &Req,
+    ) -> Result<Arc<Value>, ApiError> {
+        let doc = self
+            .get(kind, id)
+            .ok_or_else(|| ApiError::not_found(what))?;
         check_location(doc, req)?;
         Ok(doc.body.clone())
     }
@@ -533,8 +547,14 @@ pub mod testing {
         let handler = HANDLERS.get(op_id).expect("handler registered");
         let req = Req {
             op,
-            path: path.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            query: query.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            path: path
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            query: query
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             body,
             caller: caller("loc1"),
             now_ms: 1_700_000_000_000,

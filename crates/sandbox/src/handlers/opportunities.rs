@@ -102,14 +102,24 @@ fn validate(body: &Map<String, Value>) -> Result<(), ApiError> {
         && !st.as_str().is_some_and(|st| STATUSES.contains(&st))
     {
         // The spec's enum also lists `all`, a search filter value that is not a status.
-        errs.push(format!("status must be one of the following values: {}", STATUSES.join(", ")));
+        errs.push(format!(
+            "status must be one of the following values: {}",
+            STATUSES.join(", ")
+        ));
     }
     if let Some(mv) = body.get("monetaryValue").filter(|v| !v.is_null())
         && !mv.is_number()
     {
         errs.push("monetaryValue must be a number conforming to the specified constraints".into());
     }
-    for k in ["name", "pipelineId", "pipelineStageId", "assignedTo", "contactId", "lostReasonId"] {
+    for k in [
+        "name",
+        "pipelineId",
+        "pipelineStageId",
+        "assignedTo",
+        "contactId",
+        "lostReasonId",
+    ] {
         if let Some(v) = body.get(k).filter(|v| !v.is_null())
             && !v.is_string()
         {
@@ -126,7 +136,11 @@ fn validate(body: &Map<String, Value>) -> Result<(), ApiError> {
     {
         errs.push("followers must be an array of strings".into());
     }
-    if errs.is_empty() { Ok(()) } else { Err(ApiError::unprocessable(errs)) }
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::unprocessable(errs))
+    }
 }
 
 /// Custom field input (`{id|key, field_value|fieldValue|value}`) merged into the stored
@@ -166,7 +180,11 @@ fn contact_summary(ctx: &Ctx<'_>, contact_id: &str) -> Option<Value> {
         .get("contactName")
         .and_then(Value::as_str)
         .map(str::to_string)
-        .unwrap_or_else(|| format!("{} {}", s(&c, "firstName"), s(&c, "lastName")).trim().to_string());
+        .unwrap_or_else(|| {
+            format!("{} {}", s(&c, "firstName"), s(&c, "lastName"))
+                .trim()
+                .to_string()
+        });
     out.insert("name".into(), json!(name));
     for k in ["companyName", "email", "phone"] {
         if let Some(v) = c.get(k).filter(|v| v.is_string()) {
@@ -193,9 +211,22 @@ fn render(ctx: &Ctx<'_>, o: &Value, extras: Extras) -> Value {
     if let Some(c) = contact_summary(ctx, &cid) {
         v["contact"] = c;
     }
-    let kids = |kind: &str| -> Vec<Value> { ctx.children(kind, &cid).iter().map(|d| (**d).clone()).collect() };
-    v["notes"] = json!(if extras.notes { kids("note") } else { Vec::new() });
-    v["tasks"] = json!(if extras.tasks { kids("task") } else { Vec::new() });
+    let kids = |kind: &str| -> Vec<Value> {
+        ctx.children(kind, &cid)
+            .iter()
+            .map(|d| (**d).clone())
+            .collect()
+    };
+    v["notes"] = json!(if extras.notes {
+        kids("note")
+    } else {
+        Vec::new()
+    });
+    v["tasks"] = json!(if extras.tasks {
+        kids("task")
+    } else {
+        Vec::new()
+    });
     v["calendarEvents"] = json!(if extras.events {
         ctx.docs()
             .iter("appointment")
@@ -237,12 +268,26 @@ fn event(kind: &str, o: &Value) -> Value {
 /// Emits OpportunityUpdate and the specific events for each field group that changed.
 fn emit_changes(ctx: &mut Ctx<'_>, old: &Value, new: &Value) {
     let location_id = s(new, "locationId").to_string();
-    ctx.emit("OpportunityUpdate", &location_id, event("OpportunityUpdate", new));
-    if old.get("pipelineStageId") != new.get("pipelineStageId") || old.get("pipelineId") != new.get("pipelineId") {
-        ctx.emit("OpportunityStageUpdate", &location_id, event("OpportunityStageUpdate", new));
+    ctx.emit(
+        "OpportunityUpdate",
+        &location_id,
+        event("OpportunityUpdate", new),
+    );
+    if old.get("pipelineStageId") != new.get("pipelineStageId")
+        || old.get("pipelineId") != new.get("pipelineId")
+    {
+        ctx.emit(
+            "OpportunityStageUpdate",
+            &location_id,
+            event("OpportunityStageUpdate", new),
+        );
     }
     if old.get("status") != new.get("status") {
-        ctx.emit("OpportunityStatusUpdate", &location_id, event("OpportunityStatusUpdate", new));
+        ctx.emit(
+            "OpportunityStatusUpdate",
+            &location_id,
+            event("OpportunityStatusUpdate", new),
+        );
     }
     if old.get("monetaryValue") != new.get("monetaryValue") {
         ctx.emit(
@@ -262,7 +307,12 @@ fn emit_changes(ctx: &mut Ctx<'_>, old: &Value, new: &Value) {
 
 /// Applies `patch` (already validated) to an opportunity: pipeline and stage consistency,
 /// status and stage change times, custom fields, followers.
-fn apply_patch(ctx: &Ctx<'_>, o: &mut Value, patch: &Map<String, Value>, now_ms: i64) -> Result<(), ApiError> {
+fn apply_patch(
+    ctx: &Ctx<'_>,
+    o: &mut Value,
+    patch: &Map<String, Value>,
+    now_ms: i64,
+) -> Result<(), ApiError> {
     let location_id = s(o, "locationId").to_string();
     let now = iso(now_ms);
     let old = o.clone();
@@ -274,7 +324,10 @@ fn apply_patch(ctx: &Ctx<'_>, o: &mut Value, patch: &Map<String, Value>, now_ms:
         .to_string();
     let pipeline = pipeline_of(ctx, &location_id, &pipeline_id)?;
     let stages = stage_ids(&pipeline);
-    let wanted_stage = patch.get("pipelineStageId").and_then(Value::as_str).filter(|p| !p.is_empty());
+    let wanted_stage = patch
+        .get("pipelineStageId")
+        .and_then(Value::as_str)
+        .filter(|p| !p.is_empty());
     let stage = match wanted_stage {
         Some(st) if stages.iter().any(|x| x == st) => st.to_string(),
         Some(_) => {
@@ -282,12 +335,21 @@ fn apply_patch(ctx: &Ctx<'_>, o: &mut Value, patch: &Map<String, Value>, now_ms:
                 "pipelineStageId must be a stage of the pipeline".into(),
             ]));
         }
-        None if stages.iter().any(|x| x == s(&old, "pipelineStageId")) => s(&old, "pipelineStageId").to_string(),
+        None if stages.iter().any(|x| x == s(&old, "pipelineStageId")) => {
+            s(&old, "pipelineStageId").to_string()
+        }
         None => stages.first().cloned().unwrap_or_default(),
     };
     o["pipelineId"] = json!(pipeline_id);
     o["pipelineStageId"] = json!(stage);
-    for k in ["name", "monetaryValue", "assignedTo", "status", "lostReasonId", "source"] {
+    for k in [
+        "name",
+        "monetaryValue",
+        "assignedTo",
+        "status",
+        "lostReasonId",
+        "source",
+    ] {
         match patch.get(k) {
             Some(Value::Null) if k == "assignedTo" || k == "lostReasonId" => {
                 if let Some(obj) = o.as_object_mut() {
@@ -325,7 +387,11 @@ fn apply_patch(ctx: &Ctx<'_>, o: &mut Value, patch: &Map<String, Value>, now_ms:
 
 fn allow_duplicates(ctx: &Ctx<'_>, location_id: &str) -> bool {
     ctx.get(LOCATION, location_id)
-        .and_then(|d| d.body.pointer("/settings/allowDuplicateOpportunity").and_then(Value::as_bool))
+        .and_then(|d| {
+            d.body
+                .pointer("/settings/allowDuplicateOpportunity")
+                .and_then(Value::as_bool)
+        })
         .unwrap_or(false)
 }
 
@@ -337,18 +403,33 @@ fn existing_for(ctx: &Ctx<'_>, contact_id: &str, pipeline_id: &str) -> Option<Ar
 }
 
 /// Creates an opportunity from a validated body (contactId, pipelineId, name, status set).
-fn insert(ctx: &mut Ctx<'_>, location_id: &str, body: &Map<String, Value>) -> Result<Value, ApiError> {
-    let contact_id = body.get("contactId").and_then(Value::as_str).unwrap_or_default().to_string();
+fn insert(
+    ctx: &mut Ctx<'_>,
+    location_id: &str,
+    body: &Map<String, Value>,
+) -> Result<Value, ApiError> {
+    let contact_id = body
+        .get("contactId")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
     if ctx
         .get(CONTACT, &contact_id)
         .is_none_or(|d| d.location_id.as_deref() != Some(location_id))
     {
         return Err(ApiError::not_found("Contact"));
     }
-    let pipeline_id = body.get("pipelineId").and_then(Value::as_str).unwrap_or_default().to_string();
+    let pipeline_id = body
+        .get("pipelineId")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
     pipeline_of(ctx, location_id, &pipeline_id)?;
-    if !allow_duplicates(ctx, location_id) && existing_for(ctx, &contact_id, &pipeline_id).is_some() {
-        return Err(ApiError::bad_request("Can not create duplicate opportunity for the contact."));
+    if !allow_duplicates(ctx, location_id) && existing_for(ctx, &contact_id, &pipeline_id).is_some()
+    {
+        return Err(ApiError::bad_request(
+            "Can not create duplicate opportunity for the contact.",
+        ));
     }
     let id = new_id();
     let now = iso(ctx.now_ms);
@@ -379,8 +460,18 @@ fn insert(ctx: &mut Ctx<'_>, location_id: &str, body: &Map<String, Value>) -> Re
     if let Some(f) = body.get("followers").and_then(Value::as_array) {
         o["followers"] = json!(dedupe(f.clone()));
     }
-    ctx.put(OPPORTUNITY, &id, Some(location_id), Some(&contact_id), o.clone())?;
-    ctx.emit("OpportunityCreate", location_id, event("OpportunityCreate", &o));
+    ctx.put(
+        OPPORTUNITY,
+        &id,
+        Some(location_id),
+        Some(&contact_id),
+        o.clone(),
+    )?;
+    ctx.emit(
+        "OpportunityCreate",
+        location_id,
+        event("OpportunityCreate", &o),
+    );
     Ok(o)
 }
 
@@ -401,7 +492,11 @@ fn get(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
 
 fn pipelines(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
     let location_id = query_location(req, "locationId")?;
-    let list: Vec<Value> = ctx.list(PIPELINE, &location_id).iter().map(|p| (**p).clone()).collect();
+    let list: Vec<Value> = ctx
+        .list(PIPELINE, &location_id)
+        .iter()
+        .map(|p| (**p).clone())
+        .collect();
     ok(json!({ "pipelines": list }))
 }
 
@@ -430,7 +525,11 @@ fn delete(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
     let id = req.path("id")?;
     let o = opportunity(ctx, req, id)?;
     ctx.delete(OPPORTUNITY, id)?;
-    ctx.emit("OpportunityDelete", s(&o, "locationId"), event("OpportunityDelete", &o));
+    ctx.emit(
+        "OpportunityDelete",
+        s(&o, "locationId"),
+        event("OpportunityDelete", &o),
+    );
     ok(succeded())
 }
 
@@ -451,7 +550,11 @@ fn set_status(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
 /// Applies the upsert's follower instructions (`followersActionType` add|remove,
 /// `isRemoveAllFollowers`) to `o`.
 fn upsert_followers(o: &mut Value, body: &Map<String, Value>) -> Result<(), ApiError> {
-    let given: Vec<Value> = body.get("followers").and_then(Value::as_array).cloned().unwrap_or_default();
+    let given: Vec<Value> = body
+        .get("followers")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     let mut current: Vec<Value> = o["followers"].as_array().cloned().unwrap_or_default();
     if body.get("isRemoveAllFollowers").and_then(Value::as_bool) == Some(true) {
         current.clear();
@@ -502,7 +605,11 @@ fn upsert(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
         None => {
             req.require_fields(&["contactId"])?;
             let mut fields = body.clone();
-            if fields.get("name").and_then(Value::as_str).is_none_or(str::is_empty) {
+            if fields
+                .get("name")
+                .and_then(Value::as_str)
+                .is_none_or(str::is_empty)
+            {
                 let cid = req.field_str("contactId").unwrap_or_default();
                 let name = contact_summary(ctx, cid)
                     .and_then(|c| c.get("name").and_then(Value::as_str).map(str::to_string))
@@ -533,7 +640,10 @@ fn followers_change(ctx: &mut Ctx<'_>, req: &Req, add: bool) -> HResult {
     let given: Vec<Value> = if remove_all {
         followers.clone()
     } else {
-        body.get("followers").and_then(Value::as_array).cloned().unwrap_or_default()
+        body.get("followers")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
     };
     let mut changed = Vec::new();
     for f in dedupe(given) {
@@ -570,7 +680,11 @@ fn followers_remove(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
 pub fn delete_for_contact(ctx: &mut Ctx<'_>, contact_id: &str) -> Result<(), ApiError> {
     for o in ctx.children(OPPORTUNITY, contact_id) {
         ctx.delete(OPPORTUNITY, s(&o, "id"))?;
-        ctx.emit("OpportunityDelete", s(&o, "locationId"), event("OpportunityDelete", &o));
+        ctx.emit(
+            "OpportunityDelete",
+            s(&o, "locationId"),
+            event("OpportunityDelete", &o),
+        );
     }
     Ok(())
 }
@@ -654,9 +768,9 @@ fn search(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
     let day = |name: &str| -> Result<Option<i64>, ApiError> {
         match req.query(name).filter(|v| !v.is_empty()) {
             None => Ok(None),
-            Some(v) => parse_day(v)
-                .map(Some)
-                .ok_or_else(|| ApiError::unprocessable(vec![format!("{name} must be a date in mm-dd-yyyy format")])),
+            Some(v) => parse_day(v).map(Some).ok_or_else(|| {
+                ApiError::unprocessable(vec![format!("{name} must be a date in mm-dd-yyyy format")])
+            }),
         }
     };
     let from = day("date")?;
@@ -667,7 +781,11 @@ fn search(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
         notes: flag("getNotes"),
         events: flag("getCalendarEvents"),
     };
-    let eq = |name: &str, o: &Value, field: &str| req.query(name).filter(|v| !v.is_empty()).is_none_or(|v| s(o, field) == v);
+    let eq = |name: &str, o: &Value, field: &str| {
+        req.query(name)
+            .filter(|v| !v.is_empty())
+            .is_none_or(|v| s(o, field) == v)
+    };
     let mut hits: Vec<Arc<Value>> = ctx
         .list(OPPORTUNITY, &location_id)
         .into_iter()
@@ -711,7 +829,13 @@ fn search(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
     let start = match &cursor {
         Some(c) => hits
             .iter()
-            .position(|o| if desc { added_key(o) < *c } else { added_key(o) > *c })
+            .position(|o| {
+                if desc {
+                    added_key(o) < *c
+                } else {
+                    added_key(o) > *c
+                }
+            })
             .unwrap_or(total),
         None => (page - 1).saturating_mul(limit).min(total),
     };
@@ -729,7 +853,10 @@ fn search(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
             let mut url = String::from("/opportunities/search?");
             for name in SEARCH_PARAMS {
                 if let Some(v) = req.query(name) {
-                    url.push_str(&format!("{name}={}&", utf8_percent_encode(v, NON_ALPHANUMERIC)));
+                    url.push_str(&format!(
+                        "{name}={}&",
+                        utf8_percent_encode(v, NON_ALPHANUMERIC)
+                    ));
                 }
             }
             url.push_str(&format!(
@@ -770,7 +897,9 @@ fn seed_id(seed: &mut Seed) -> String {
 /// A stage id: HighLevel uses UUIDs for stages.
 fn seed_uuid(seed: &mut Seed) -> String {
     let bytes: [u8; 16] = seed.rng.random();
-    uuid::Builder::from_random_bytes(bytes).into_uuid().to_string()
+    uuid::Builder::from_random_bytes(bytes)
+        .into_uuid()
+        .to_string()
 }
 
 /// Adds a "Sales Pipeline" with five stages and about forty opportunities for seeded contacts
@@ -779,11 +908,20 @@ fn seed_uuid(seed: &mut Seed) -> String {
 pub fn seed(ctx: &mut Ctx<'_>, seed: &mut Seed) -> Result<(), ApiError> {
     let location_id = seed.location_id.clone();
     let pipeline_id = seed_id(seed);
-    let stage_names = ["New Lead", "Contacted", "Proposal Sent", "Negotiation", "Closed"];
+    let stage_names = [
+        "New Lead",
+        "Contacted",
+        "Proposal Sent",
+        "Negotiation",
+        "Closed",
+    ];
     let mut stages = Vec::new();
     for (i, name) in stage_names.iter().enumerate() {
         let id = seed_uuid(seed);
-        seed.ids.entry("pipeline_stage").or_default().push(id.clone());
+        seed.ids
+            .entry("pipeline_stage")
+            .or_default()
+            .push(id.clone());
         stages.push(json!({ "id": id, "name": name, "position": i, "showInFunnel": true, "showInPieChart": true }));
     }
     let created_ms = seed.now_ms - 90 * 86_400_000;
@@ -804,10 +942,19 @@ pub fn seed(ctx: &mut Ctx<'_>, seed: &mut Seed) -> Result<(), ApiError> {
             "dateUpdated": iso(created_ms),
         }),
     )?;
-    seed.ids.entry("pipeline").or_default().push(pipeline_id.clone());
+    seed.ids
+        .entry("pipeline")
+        .or_default()
+        .push(pipeline_id.clone());
 
     // The first contact is left without an opportunity, free for a create call to use.
-    let contacts: Vec<String> = seed.ids("contact").iter().skip(1).take(40).cloned().collect();
+    let contacts: Vec<String> = seed
+        .ids("contact")
+        .iter()
+        .skip(1)
+        .take(40)
+        .cloned()
+        .collect();
     let deals = [
         "Website redesign",
         "Annual maintenance plan",
@@ -831,7 +978,11 @@ pub fn seed(ctx: &mut Ctx<'_>, seed: &mut Seed) -> Result<(), ApiError> {
         let contact = ctx.get(CONTACT, contact_id).map(|d| d.body.clone());
         let who = contact
             .as_ref()
-            .map(|c| format!("{} {}", s(c, "firstName"), s(c, "lastName")).trim().to_string())
+            .map(|c| {
+                format!("{} {}", s(c, "firstName"), s(c, "lastName"))
+                    .trim()
+                    .to_string()
+            })
             .unwrap_or_default();
         let deal = deals[seed.rng.random_range(0..deals.len())];
         let source = ["website", "referral", "facebook", "walk-in"][seed.rng.random_range(0..4)];
@@ -882,7 +1033,10 @@ mod tests {
             &[],
             json!({ "locationId": "loc1", "firstName": "Ada", "lastName": "Lovelace", "email": "ada@example.com" }),
         );
-        let contact_id = r.unwrap().body["contact"]["id"].as_str().unwrap().to_string();
+        let contact_id = r.unwrap().body["contact"]["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
         let pipeline = json!({
             "id": "pipe1", "name": "Sales", "locationId": "loc1",
             "stages": [{ "id": "st1", "name": "New", "position": 0 }, { "id": "st2", "name": "Won", "position": 1 }],
@@ -900,7 +1054,12 @@ mod tests {
                 },
             });
         }
-        (docs, contact_id, "pipe1".into(), vec!["st1".into(), "st2".into()])
+        (
+            docs,
+            contact_id,
+            "pipe1".into(),
+            vec!["st1".into(), "st2".into()],
+        )
     }
 
     fn create_opp(docs: &RwLock<Docs>, contact: &str, name: &str) -> Value {
@@ -930,7 +1089,10 @@ mod tests {
         let id = o["id"].as_str().unwrap().to_string();
         assert_eq!(o["pipelineStageId"], "st1", "defaults to the first stage");
         assert_eq!(o["contact"]["email"], "ada@example.com");
-        assert_eq!(ev.iter().filter(|e| e.kind == "OpportunityCreate").count(), 1);
+        assert_eq!(
+            ev.iter().filter(|e| e.kind == "OpportunityCreate").count(),
+            1
+        );
         assert_eq!(ev.last().unwrap().payload["dateAdded"], o["createdAt"]);
 
         let (r, _) = call(&docs, "opportunities.get", &[("id", &id)], &[], Value::Null);
@@ -948,17 +1110,37 @@ mod tests {
         let kinds: Vec<&str> = ev.iter().map(|e| e.kind.as_str()).collect();
         assert_eq!(
             kinds,
-            ["OpportunityUpdate", "OpportunityStageUpdate", "OpportunityMonetaryValueUpdate", "OpportunityAssignedToUpdate"]
+            [
+                "OpportunityUpdate",
+                "OpportunityStageUpdate",
+                "OpportunityMonetaryValueUpdate",
+                "OpportunityAssignedToUpdate"
+            ]
         );
 
         let (r, _) = call(&docs, "opportunities.get", &[("id", &id)], &[], Value::Null);
         assert_eq!(r.unwrap().body["opportunity"]["pipelineStageId"], "st2");
 
-        let (r, ev) = call(&docs, "opportunities.set_status", &[("id", &id)], &[], json!({ "status": "won" }));
+        let (r, ev) = call(
+            &docs,
+            "opportunities.set_status",
+            &[("id", &id)],
+            &[],
+            json!({ "status": "won" }),
+        );
         assert_eq!(r.unwrap().body, json!({ "succeded": true }));
-        assert!(ev.iter().any(|e| e.kind == "OpportunityStatusUpdate" && e.payload["status"] == "won"));
+        assert!(
+            ev.iter()
+                .any(|e| e.kind == "OpportunityStatusUpdate" && e.payload["status"] == "won")
+        );
 
-        let (r, ev) = call(&docs, "opportunities.delete", &[("id", &id)], &[], Value::Null);
+        let (r, ev) = call(
+            &docs,
+            "opportunities.delete",
+            &[("id", &id)],
+            &[],
+            Value::Null,
+        );
         assert_eq!(r.unwrap().body, json!({ "succeded": true }));
         assert_eq!(ev[0].kind, "OpportunityDelete");
         let (r, _) = call(&docs, "opportunities.get", &[("id", &id)], &[], Value::Null);
@@ -968,10 +1150,21 @@ mod tests {
     #[test]
     fn validation() {
         let (docs, contact, _, _) = setup();
-        let (r, _) = call(&docs, "opportunities.create", &[], &[], json!({ "locationId": "loc1" }));
+        let (r, _) = call(
+            &docs,
+            "opportunities.create",
+            &[],
+            &[],
+            json!({ "locationId": "loc1" }),
+        );
         let e = r.unwrap_err();
         assert_eq!(e.status, 422);
-        assert!(e.message.as_array().unwrap().contains(&json!("name should not be empty")));
+        assert!(
+            e.message
+                .as_array()
+                .unwrap()
+                .contains(&json!("name should not be empty"))
+        );
         let (r, _) = call(
             &docs,
             "opportunities.create",
@@ -1004,7 +1197,11 @@ mod tests {
             &[],
             json!({ "pipelineId": "pipe1", "locationId": "loc1", "name": "dup", "status": "open", "contactId": contact }),
         );
-        assert_eq!(r.unwrap_err().status, 400, "one opportunity per contact and pipeline");
+        assert_eq!(
+            r.unwrap_err().status,
+            400,
+            "one opportunity per contact and pipeline"
+        );
         // Deleting the contact's opportunities (as contact deletion does).
         let mut ctx = Ctx::new(crate::handlers::Guard::Write(docs.write()), 0);
         delete_for_contact(&mut ctx, &contact).unwrap();
@@ -1033,12 +1230,27 @@ mod tests {
         assert_eq!(r["opportunity"]["id"], id.as_str());
         assert_eq!(r["opportunity"]["followers"], json!(["u1", "u2"]));
 
-        let (r, _) = call(&docs, "opportunities.followers.add", &[("id", &id)], &[], json!({ "followers": ["u2", "u3"] }));
+        let (r, _) = call(
+            &docs,
+            "opportunities.followers.add",
+            &[("id", &id)],
+            &[],
+            json!({ "followers": ["u2", "u3"] }),
+        );
         let r = r.unwrap();
         assert_eq!(r.status, 201);
         assert_eq!(r.body["followersAdded"], json!(["u3"]));
-        let (r, _) = call(&docs, "opportunities.followers.remove", &[("id", &id)], &[], json!({ "followers": ["u1"] }));
-        assert_eq!(r.unwrap().body, json!({ "followers": ["u2", "u3"], "followersRemoved": ["u1"] }));
+        let (r, _) = call(
+            &docs,
+            "opportunities.followers.remove",
+            &[("id", &id)],
+            &[],
+            json!({ "followers": ["u1"] }),
+        );
+        assert_eq!(
+            r.unwrap().body,
+            json!({ "followers": ["u2", "u3"], "followersRemoved": ["u1"] })
+        );
         let (r, _) = call(
             &docs,
             "opportunities.followers.remove",
@@ -1067,21 +1279,36 @@ mod tests {
                 &[],
                 json!({ "locationId": "loc1", "firstName": format!("C{i}"), "email": format!("c{i}@example.com") }),
             );
-            let id = r.unwrap().body["contact"]["id"].as_str().unwrap().to_string();
+            let id = r.unwrap().body["contact"]["id"]
+                .as_str()
+                .unwrap()
+                .to_string();
             seed.ids.entry("contact").or_default().push(id);
         }
         {
             let mut ctx = Ctx::new(crate::handlers::Guard::Write(docs.write()), seed.now_ms);
             super::seed(&mut ctx, &mut seed).unwrap();
         }
-        let (r, _) = call(&docs, "opportunities.pipelines.list", &[], &[("locationId", "loc1")], Value::Null);
+        let (r, _) = call(
+            &docs,
+            "opportunities.pipelines.list",
+            &[],
+            &[("locationId", "loc1")],
+            Value::Null,
+        );
         let p = r.unwrap().body;
         assert_eq!(p["pipelines"][0]["stages"].as_array().unwrap().len(), 5);
 
         let mut seen = Vec::new();
-        let mut query: Vec<(String, String)> = vec![("location_id".into(), "loc1".into()), ("limit".into(), "10".into())];
+        let mut query: Vec<(String, String)> = vec![
+            ("location_id".into(), "loc1".into()),
+            ("limit".into(), "10".into()),
+        ];
         for page in 1..=3 {
-            let q: Vec<(&str, &str)> = query.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let q: Vec<(&str, &str)> = query
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
             let (r, _) = call(&docs, "opportunities.search", &[], &q, Value::Null);
             let body = r.unwrap().body;
             assert_eq!(body["meta"]["total"], 25);
@@ -1090,12 +1317,20 @@ mod tests {
                 seen.push(o["id"].as_str().unwrap().to_string());
             }
             if page < 3 {
-                assert!(body["meta"]["nextPageUrl"].as_str().unwrap().contains("location_id=loc1"));
+                assert!(
+                    body["meta"]["nextPageUrl"]
+                        .as_str()
+                        .unwrap()
+                        .contains("location_id=loc1")
+                );
                 query = vec![
                     ("location_id".into(), "loc1".into()),
                     ("limit".into(), "10".into()),
                     ("startAfter".into(), body["meta"]["startAfter"].to_string()),
-                    ("startAfterId".into(), body["meta"]["startAfterId"].as_str().unwrap().to_string()),
+                    (
+                        "startAfterId".into(),
+                        body["meta"]["startAfterId"].as_str().unwrap().to_string(),
+                    ),
                 ];
             } else {
                 assert!(body["meta"]["nextPageUrl"].is_null());
@@ -1107,14 +1342,38 @@ mod tests {
         assert_eq!(unique.len(), 25);
         assert_eq!(seen.len(), 25);
 
-        let (r, _) = call(&docs, "opportunities.search", &[], &[("location_id", "loc1"), ("status", "open")], Value::Null);
+        let (r, _) = call(
+            &docs,
+            "opportunities.search",
+            &[],
+            &[("location_id", "loc1"), ("status", "open")],
+            Value::Null,
+        );
         let open = r.unwrap().body;
-        assert!(open["opportunities"].as_array().unwrap().iter().all(|o| o["status"] == "open"));
-        let (r, _) = call(&docs, "opportunities.search", &[], &[("location_id", "loc1"), ("q", "c3@example.com")], Value::Null);
+        assert!(
+            open["opportunities"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|o| o["status"] == "open")
+        );
+        let (r, _) = call(
+            &docs,
+            "opportunities.search",
+            &[],
+            &[("location_id", "loc1"), ("q", "c3@example.com")],
+            Value::Null,
+        );
         assert_eq!(r.unwrap().body["meta"]["total"], 1);
         let (r, _) = call(&docs, "opportunities.search", &[], &[], Value::Null);
         assert_eq!(r.unwrap_err().status, 422);
-        let (r, _) = call(&docs, "opportunities.search", &[], &[("location_id", "other")], Value::Null);
+        let (r, _) = call(
+            &docs,
+            "opportunities.search",
+            &[],
+            &[("location_id", "other")],
+            Value::Null,
+        );
         assert_eq!(r.unwrap_err().status, 403);
     }
 }

@@ -83,7 +83,9 @@ pub fn alt_scope(ctx: &Ctx<'_>, req: &Req) -> Result<String, ApiError> {
         (Some(l), _) => l.to_string(),
         (None, Some(l)) => l.clone(),
         (None, None) => {
-            return Err(ApiError::unprocessable(vec!["altId should not be empty".into()]));
+            return Err(ApiError::unprocessable(vec![
+                "altId should not be empty".into(),
+            ]));
         }
     };
     if req.caller.location_id.as_deref().is_some_and(|l| l != loc) {
@@ -119,7 +121,8 @@ pub fn day_end_ms(s: &str) -> Option<i64> {
 
 /// Keeps the items whose `field` date lies in the query's `startAt`..`endAt`.
 pub fn date_filter(req: &Req, items: &mut Vec<Arc<Value>>, field: &str) -> Result<(), ApiError> {
-    let bad = |k: &str| ApiError::unprocessable(vec![format!("{k} must be a valid date (YYYY-MM-DD)")]);
+    let bad =
+        |k: &str| ApiError::unprocessable(vec![format!("{k} must be a valid date (YYYY-MM-DD)")]);
     let start = match req.query("startAt").filter(|s| !s.is_empty()) {
         Some(s) => Some(day_start_ms(s).ok_or_else(|| bad("startAt"))?),
         None => None,
@@ -138,10 +141,20 @@ pub fn date_filter(req: &Req, items: &mut Vec<Arc<Value>>, field: &str) -> Resul
 }
 
 /// Offset/limit with the payments service's defaults (10, at most 100 unless `max` says otherwise).
-fn page(req: &Req, items: &[Arc<Value>], default: usize, max: usize) -> Result<Vec<Value>, ApiError> {
+fn page(
+    req: &Req,
+    items: &[Arc<Value>],
+    default: usize,
+    max: usize,
+) -> Result<Vec<Value>, ApiError> {
     let offset = req.query_usize("offset", 0, usize::MAX)?;
     let limit = req.query_usize("limit", default, max)?;
-    Ok(items.iter().skip(offset).take(limit).map(|v| (**v).clone()).collect())
+    Ok(items
+        .iter()
+        .skip(offset)
+        .take(limit)
+        .map(|v| (**v).clone())
+        .collect())
 }
 
 fn eq_filter(req: &Req, items: &mut Vec<Arc<Value>>, param: &str, field: &str) {
@@ -151,7 +164,10 @@ fn eq_filter(req: &Req, items: &mut Vec<Arc<Value>>, param: &str, field: &str) {
 }
 
 fn mode_filter(req: &Req, items: &mut Vec<Arc<Value>>) {
-    if let Some(mode) = req.query("paymentMode").filter(|s| !s.is_empty() && *s != "default") {
+    if let Some(mode) = req
+        .query("paymentMode")
+        .filter(|s| !s.is_empty() && *s != "default")
+    {
         let live = mode == "live";
         items.retain(|i| i.get("liveMode").and_then(Value::as_bool).unwrap_or(false) == live);
     }
@@ -183,8 +199,21 @@ pub fn contact_snapshot(ctx: &Ctx<'_>, contact_id: &str) -> Option<Value> {
     let c = ctx.get(CONTACT, contact_id)?.body.clone();
     let mut out = Map::new();
     for k in [
-        "id", "locationId", "firstName", "lastName", "email", "phone", "dnd", "source", "address1",
-        "city", "state", "postalCode", "tags", "country", "dateAdded",
+        "id",
+        "locationId",
+        "firstName",
+        "lastName",
+        "email",
+        "phone",
+        "dnd",
+        "source",
+        "address1",
+        "city",
+        "state",
+        "postalCode",
+        "tags",
+        "country",
+        "dateAdded",
     ] {
         if let Some(v) = c.get(k).filter(|v| !v.is_null()) {
             out.insert(k.into(), v.clone());
@@ -194,15 +223,22 @@ pub fn contact_snapshot(ctx: &Ctx<'_>, contact_id: &str) -> Option<Value> {
 }
 
 fn contact_name(snapshot: &Value) -> String {
-    format!("{} {}", str_of(snapshot, "firstName"), str_of(snapshot, "lastName"))
-        .trim()
-        .to_string()
+    format!(
+        "{} {}",
+        str_of(snapshot, "firstName"),
+        str_of(snapshot, "lastName")
+    )
+    .trim()
+    .to_string()
 }
 
 fn order_event(kind: &str, o: &Value) -> Value {
     let mut out = Map::new();
     out.insert("type".into(), json!(kind));
-    out.insert("locationId".into(), o.get("altId").cloned().unwrap_or(Value::Null));
+    out.insert(
+        "locationId".into(),
+        o.get("altId").cloned().unwrap_or(Value::Null),
+    );
     for k in [
         "_id",
         "altId",
@@ -344,7 +380,8 @@ pub struct NewTransaction<'a> {
 pub fn create_transaction(ctx: &mut Ctx<'_>, t: NewTransaction<'_>) -> Result<Value, ApiError> {
     let id = new_id();
     let now = iso(ctx.now_ms);
-    let snapshot = contact_snapshot(ctx, t.contact_id).unwrap_or_else(|| json!({ "id": t.contact_id }));
+    let snapshot =
+        contact_snapshot(ctx, t.contact_id).unwrap_or_else(|| json!({ "id": t.contact_id }));
     let provider = if t.mode.is_some() { "manual" } else { "stripe" };
     let mut x = json!({
         "_id": id,
@@ -413,9 +450,10 @@ fn orders_list(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
             ["_id", "contactName", "contactEmail", "sourceName"]
                 .iter()
                 .any(|f| str_of(o, f).to_lowercase().contains(&q))
-                || o["items"]
-                    .as_array()
-                    .is_some_and(|a| a.iter().any(|i| str_of(i, "name").to_lowercase().contains(&q)))
+                || o["items"].as_array().is_some_and(|a| {
+                    a.iter()
+                        .any(|i| str_of(i, "name").to_lowercase().contains(&q))
+                })
         });
     }
     if let Some(ids) = req.query("funnelProductIds").filter(|s| !s.is_empty()) {
@@ -446,19 +484,18 @@ fn check_mode(req: &Req) -> Result<&str, ApiError> {
             PAYMENT_MODES.join(", ")
         )]));
     }
+    // `card` and `cheque` details are optional for orders (PostRecordOrderPaymentBody).
     let mut errs = Vec::new();
-    if mode == "card" && req.field("card").is_none() {
-        errs.push("card should not be empty".to_string());
-    }
-    if mode == "cheque" && req.field("cheque").and_then(|c| c.get("number")).is_none() {
-        errs.push("cheque.number should not be empty".to_string());
-    }
     if let Some(a) = req.field("amount")
         && !a.as_f64().is_some_and(|a| a > 0.0)
     {
         errs.push("amount must be a positive number".to_string());
     }
-    if errs.is_empty() { Ok(mode) } else { Err(ApiError::unprocessable(errs)) }
+    if errs.is_empty() {
+        Ok(mode)
+    } else {
+        Err(ApiError::unprocessable(errs))
+    }
 }
 
 fn order_record_payment(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
@@ -472,18 +509,16 @@ fn order_record_payment(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
     if due <= 0.0 || str_of(&old, "paymentStatus") == "paid" {
         return Err(ApiError::bad_request("Order is already paid"));
     }
-    let partial = req.field("isPartialPayment").and_then(Value::as_bool).unwrap_or(false);
-    let amount = match req.field("amount").and_then(Value::as_f64) {
-        Some(a) if partial => money(a),
-        Some(a) if money(a) != due => {
-            return Err(ApiError::bad_request(
-                "Amount must be equal to the amount due unless isPartialPayment is true",
-            ));
-        }
-        _ => due,
-    };
+    // Without an amount the whole amount due is paid; a smaller amount (`isPartialPayment`)
+    // leaves the order partially paid.
+    let amount = req
+        .field("amount")
+        .and_then(Value::as_f64)
+        .map_or(due, money);
     if amount > due {
-        return Err(ApiError::bad_request("Amount cannot be more than the amount due"));
+        return Err(ApiError::bad_request(
+            "Amount cannot be more than the amount due",
+        ));
     }
     let id = str_of(&old, "_id").to_string();
     let source = json!({ "type": str_of(&old, "sourceType"), "id": str_of(&old, "sourceId"), "name": str_of(&old, "sourceName") });
@@ -494,7 +529,10 @@ fn order_record_payment(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
             contact_id: str_of(&old, "contactId"),
             amount,
             currency: str_of(&old, "currency"),
-            live_mode: old.get("liveMode").and_then(Value::as_bool).unwrap_or(false),
+            live_mode: old
+                .get("liveMode")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
             entity_type: "order",
             entity_id: &id,
             source,
@@ -515,7 +553,11 @@ fn order_record_payment(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
     o["updatedAt"] = json!(iso(ctx.now_ms));
     ctx.replace(ORDER, &id, o.clone())?;
     if o["status"] != old["status"] {
-        ctx.emit("OrderStatusUpdate", &loc, order_event("OrderStatusUpdate", &o));
+        ctx.emit(
+            "OrderStatusUpdate",
+            &loc,
+            order_event("OrderStatusUpdate", &o),
+        );
     }
     ok(json!({ "success": true }))
 }
@@ -527,15 +569,27 @@ fn order_fulfill(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
     if !req.field("trackings").is_some_and(Value::is_array) {
         errs.push("trackings must be an array".to_string());
     }
-    let given: Vec<Value> = req.field("items").and_then(Value::as_array).cloned().unwrap_or_default();
+    let given: Vec<Value> = req
+        .field("items")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     if given.is_empty() {
         errs.push("items should not be empty".to_string());
     }
     for (i, it) in given.iter().enumerate() {
-        if it.get("priceId").and_then(Value::as_str).is_none_or(str::is_empty) {
+        if it
+            .get("priceId")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+        {
             errs.push(format!("items.{i}.priceId should not be empty"));
         }
-        if !it.get("qty").and_then(Value::as_f64).is_some_and(|q| q >= 1.0) {
+        if !it
+            .get("qty")
+            .and_then(Value::as_f64)
+            .is_some_and(|q| q >= 1.0)
+        {
             errs.push(format!("items.{i}.qty must be a positive number"));
         }
     }
@@ -551,8 +605,9 @@ fn order_fulfill(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
     let mut done: HashMap<String, f64> = HashMap::new();
     for f in ctx.children(FULFILLMENT, &order_id) {
         for it in f["items"].as_array().into_iter().flatten() {
-            *done.entry(it["price"]["_id"].as_str().unwrap_or_default().to_string()).or_default() +=
-                num_of(it, "qty");
+            *done
+                .entry(it["price"]["_id"].as_str().unwrap_or_default().to_string())
+                .or_default() += num_of(it, "qty");
         }
     }
     let order_items: Vec<Value> = old["items"].as_array().cloned().unwrap_or_default();
@@ -560,8 +615,13 @@ fn order_fulfill(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
     for it in &given {
         let price_id = str_of(it, "priceId");
         let qty = num_of(it, "qty");
-        let Some(line) = order_items.iter().find(|l| l["price"]["_id"].as_str() == Some(price_id)) else {
-            return Err(ApiError::bad_request(format!("Item with price {price_id} is not part of this order")));
+        let Some(line) = order_items
+            .iter()
+            .find(|l| l["price"]["_id"].as_str() == Some(price_id))
+        else {
+            return Err(ApiError::bad_request(format!(
+                "Item with price {price_id} is not part of this order"
+            )));
         };
         let remaining = num_of(line, "qty") - done.get(price_id).copied().unwrap_or(0.0);
         if qty > remaining {
@@ -592,10 +652,17 @@ fn order_fulfill(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
     });
     ctx.put(FULFILLMENT, &fid, Some(&loc), Some(&order_id), f.clone())?;
     let all_done = order_items.iter().all(|l| {
-        done.get(l["price"]["_id"].as_str().unwrap_or_default()).copied().unwrap_or(0.0) >= num_of(l, "qty")
+        done.get(l["price"]["_id"].as_str().unwrap_or_default())
+            .copied()
+            .unwrap_or(0.0)
+            >= num_of(l, "qty")
     });
     let mut o = (*old).clone();
-    o["fulfillmentStatus"] = json!(if all_done { "fulfilled" } else { "partially_fulfilled" });
+    o["fulfillmentStatus"] = json!(if all_done {
+        "fulfilled"
+    } else {
+        "partially_fulfilled"
+    });
     o["updatedAt"] = json!(now);
     ctx.replace(ORDER, &order_id, o)?;
     ok(json!({ "status": true, "data": f }))
@@ -611,7 +678,11 @@ fn transactions_list(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
     eq_filter(req, &mut all, "contactId", "contactId");
     mode_filter(req, &mut all);
     date_filter(req, &mut all, "createdAt")?;
-    search_filter(req, &mut all, &["_id", "contactName", "contactEmail", "entitySourceName"]);
+    search_filter(
+        req,
+        &mut all,
+        &["_id", "contactName", "contactEmail", "entitySourceName"],
+    );
     let all = newest_first(all);
     let data = page(req, &all, 10, 100)?;
     ok(json!({ "data": data, "totalCount": all.len() }))
@@ -632,7 +703,17 @@ fn subscriptions_list(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
     eq_filter(req, &mut all, "id", "_id");
     mode_filter(req, &mut all);
     date_filter(req, &mut all, "createdAt")?;
-    search_filter(req, &mut all, &["_id", "contactName", "contactEmail", "entitySourceName", "subscriptionId"]);
+    search_filter(
+        req,
+        &mut all,
+        &[
+            "_id",
+            "contactName",
+            "contactEmail",
+            "entitySourceName",
+            "subscriptionId",
+        ],
+    );
     let all = newest_first(all);
     let mut data = page(req, &all, 10, 100)?;
     if req.query("getPaymentsCollectedCount") == Some("true") {
@@ -651,7 +732,12 @@ fn subscriptions_list(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
 
 fn subscription_get(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
     alt_scope(ctx, req)?;
-    let s = ctx.find(SUBSCRIPTION, req.path("subscriptionId")?, "Subscription", req)?;
+    let s = ctx.find(
+        SUBSCRIPTION,
+        req.path("subscriptionId")?,
+        "Subscription",
+        req,
+    )?;
     ok((*s).clone())
 }
 
@@ -682,10 +768,13 @@ fn validate_coupon(req: &Req) -> Result<(), ApiError> {
     let mut errs = Vec::new();
     let ty = req.field_str("discountType").unwrap_or_default();
     if !["percentage", "amount"].contains(&ty) {
-        errs.push("discountType must be one of the following values: percentage, amount".to_string());
+        errs.push(
+            "discountType must be one of the following values: percentage, amount".to_string(),
+        );
     }
     match req.field("discountValue").and_then(Value::as_f64) {
-        None => errs.push("discountValue must be a number conforming to the specified constraints".into()),
+        None => errs
+            .push("discountValue must be a number conforming to the specified constraints".into()),
         Some(v) if v <= 0.0 => errs.push("discountValue must be a positive number".into()),
         Some(v) if ty == "percentage" && v > 100.0 => {
             errs.push("discountValue must not be greater than 100".into());
@@ -699,19 +788,37 @@ fn validate_coupon(req: &Req) -> Result<(), ApiError> {
     if let Some(e) = req.field("endDate") {
         match parse_time_ms(e) {
             None => errs.push("endDate must be a valid ISO 8601 date string".into()),
-            Some(e) if start.is_some_and(|s| e < s) => errs.push("endDate must be after startDate".into()),
+            Some(e) if start.is_some_and(|s| e < s) => {
+                errs.push("endDate must be after startDate".into())
+            }
             _ => {}
         }
     }
-    if let Some(cfg) = req.field("applyToFuturePaymentsConfig")
+    if let Some(cfg) = req.field("applyToFuturePaymentsConfig").map(future_config)
         && !cfg
             .get("type")
             .and_then(Value::as_str)
             .is_some_and(|t| ["forever", "fixed"].contains(&t))
     {
-        errs.push("applyToFuturePaymentsConfig.type must be one of the following values: forever, fixed".into());
+        errs.push(
+            "applyToFuturePaymentsConfig.type must be one of the following values: forever, fixed"
+                .into(),
+        );
     }
-    if errs.is_empty() { Ok(()) } else { Err(ApiError::unprocessable(errs)) }
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::unprocessable(errs))
+    }
+}
+
+/// `applyToFuturePaymentsConfig` is an object; the spec's example sends a list of them, whose
+/// first entry is taken.
+fn future_config(v: &Value) -> Value {
+    match v {
+        Value::Array(a) => a.first().cloned().unwrap_or(Value::Null),
+        other => other.clone(),
+    }
 }
 
 fn coupon_code_taken(ctx: &Ctx<'_>, loc: &str, code: &str, own: Option<&str>) -> bool {
@@ -731,11 +838,17 @@ fn apply_coupon_fields(c: &mut Value, body: &Map<String, Value>) {
         "usageLimit",
         "productIds",
         "applyToFuturePayments",
-        "applyToFuturePaymentsConfig",
     ] {
         if let Some(v) = body.get(k).filter(|v| !v.is_null()) {
             c[k] = v.clone();
         }
+    }
+    if let Some(cfg) = body
+        .get("applyToFuturePaymentsConfig")
+        .map(future_config)
+        .filter(Value::is_object)
+    {
+        c["applyToFuturePaymentsConfig"] = cfg;
     }
     if let Some(s) = body.get("startDate").and_then(parse_time_ms) {
         c["startDate"] = json!(iso(s));
@@ -752,7 +865,11 @@ fn apply_coupon_fields(c: &mut Value, body: &Map<String, Value>) {
 }
 
 /// Inserts a coupon; shared by the handler and the seeder.
-fn insert_coupon(ctx: &mut Ctx<'_>, loc: &str, body: &Map<String, Value>) -> Result<Value, ApiError> {
+fn insert_coupon(
+    ctx: &mut Ctx<'_>,
+    loc: &str,
+    body: &Map<String, Value>,
+) -> Result<Value, ApiError> {
     let id = new_id();
     let now = iso(ctx.now_ms);
     let mut c = json!({
@@ -795,12 +912,22 @@ fn coupons_list(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
 }
 
 fn coupon_create(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
-    req.require_fields(&["altId", "altType", "name", "code", "discountType", "discountValue", "startDate"])?;
+    req.require_fields(&[
+        "altId",
+        "altType",
+        "name",
+        "code",
+        "discountType",
+        "discountValue",
+        "startDate",
+    ])?;
     validate_coupon(req)?;
     let loc = alt_scope(ctx, req)?;
     let code = req.field_str("code").unwrap_or_default();
     if coupon_code_taken(ctx, &loc, code, None) {
-        return Err(ApiError::bad_request(format!("Coupon with code {code} already exists")));
+        return Err(ApiError::bad_request(format!(
+            "Coupon with code {code} already exists"
+        )));
     }
     let c = insert_coupon(ctx, &loc, &req.body_object())?;
     let mut out = with_status(&c, ctx.now_ms);
@@ -833,7 +960,9 @@ fn coupon_update(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
     let id = str_of(&old, "_id").to_string();
     let code = req.field_str("code").unwrap_or_default();
     if coupon_code_taken(ctx, &loc, code, Some(&id)) {
-        return Err(ApiError::bad_request(format!("Coupon with code {code} already exists")));
+        return Err(ApiError::bad_request(format!(
+            "Coupon with code {code} already exists"
+        )));
     }
     let mut c = (*old).clone();
     apply_coupon_fields(&mut c, &req.body_object());
@@ -906,7 +1035,11 @@ pub fn seed(ctx: &mut Ctx<'_>, seed: &mut Seed) -> Result<(), ApiError> {
             ctx,
             &loc,
             &contact,
-            &[OrderLine { product: product.clone(), price: price.clone(), qty }],
+            &[OrderLine {
+                product: product.clone(),
+                price: price.clone(),
+                qty,
+            }],
             source.clone(),
             live,
         )?;
@@ -920,7 +1053,8 @@ pub fn seed(ctx: &mut Ctx<'_>, seed: &mut Seed) -> Result<(), ApiError> {
         if recurring {
             let sid = new_id();
             let now = iso(ctx.now_ms);
-            let snapshot = contact_snapshot(ctx, &contact).unwrap_or_else(|| json!({ "id": contact }));
+            let snapshot =
+                contact_snapshot(ctx, &contact).unwrap_or_else(|| json!({ "id": contact }));
             let s = json!({
                 "_id": sid,
                 "altId": loc,
@@ -948,7 +1082,10 @@ pub fn seed(ctx: &mut Ctx<'_>, seed: &mut Seed) -> Result<(), ApiError> {
                 "updatedAt": now,
             });
             ctx.put(SUBSCRIPTION, &sid, Some(&loc), None, s)?;
-            seed.ids.entry("subscription").or_default().push(sid.clone());
+            seed.ids
+                .entry("subscription")
+                .or_default()
+                .push(sid.clone());
             sub_id = Some(sid);
         }
         let t = create_transaction(
@@ -968,7 +1105,10 @@ pub fn seed(ctx: &mut Ctx<'_>, seed: &mut Seed) -> Result<(), ApiError> {
                 notes: None,
             },
         )?;
-        seed.ids.entry("transaction").or_default().push(str_of(&t, "_id").to_string());
+        seed.ids
+            .entry("transaction")
+            .or_default()
+            .push(str_of(&t, "_id").to_string());
         let mut paid = o.clone();
         paid["amountPaid"] = json!(amount);
         paid["paymentStatus"] = json!("paid");
@@ -999,7 +1139,10 @@ pub fn seed(ctx: &mut Ctx<'_>, seed: &mut Seed) -> Result<(), ApiError> {
         let mut c2 = c.clone();
         c2["usageCount"] = json!(seed.rng.random_range(0..40));
         ctx.replace(COUPON, str_of(&c, "_id"), c2)?;
-        seed.ids.entry("coupon").or_default().push(str_of(&c, "_id").to_string());
+        seed.ids
+            .entry("coupon")
+            .or_default()
+            .push(str_of(&c, "_id").to_string());
     }
     // Seeding is not a change anyone should be told about.
     ctx.events.truncate(first_event);
@@ -1009,8 +1152,8 @@ pub fn seed(ctx: &mut Ctx<'_>, seed: &mut Seed) -> Result<(), ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::handlers::testing::call;
     use crate::handlers::Guard;
+    use crate::handlers::testing::call;
     use crate::store::Docs;
     use parking_lot::RwLock;
 
@@ -1035,7 +1178,11 @@ mod tests {
             &mut ctx,
             "loc1",
             "c1",
-            &[OrderLine { product, price, qty }],
+            &[OrderLine {
+                product,
+                price,
+                qty,
+            }],
             json!({ "type": "website", "id": "s1", "name": "Store" }),
             false,
         )
@@ -1049,9 +1196,21 @@ mod tests {
         let docs = RwLock::new(Docs::default());
         let oid = make_order(&docs, 2);
         let path = [("orderId", oid.as_str())];
-        let (r, _) = call(&docs, "payments.orders.get", &path, &[("altId", "loc1")], Value::Null);
+        let (r, _) = call(
+            &docs,
+            "payments.orders.get",
+            &path,
+            &[("altId", "loc1")],
+            Value::Null,
+        );
         assert_eq!(body(&r)["amount"], 40.0);
-        let (r, _) = call(&docs, "payments.orders.list", &[], &[("altId", "loc1")], Value::Null);
+        let (r, _) = call(
+            &docs,
+            "payments.orders.list",
+            &[],
+            &[("altId", "loc1")],
+            Value::Null,
+        );
         assert_eq!(body(&r)["totalCount"], 1);
 
         let (r, ev) = call(
@@ -1063,7 +1222,13 @@ mod tests {
         );
         assert_eq!(body(&r), json!({ "success": true }));
         assert!(ev.is_empty(), "status unchanged on a partial payment");
-        let (r, _) = call(&docs, "payments.orders.get", &path, &[("altId", "loc1")], Value::Null);
+        let (r, _) = call(
+            &docs,
+            "payments.orders.get",
+            &path,
+            &[("altId", "loc1")],
+            Value::Null,
+        );
         assert_eq!(body(&r)["paymentStatus"], "partially_paid");
         let (r, ev) = call(
             &docs,
@@ -1087,7 +1252,13 @@ mod tests {
         let b = body(&r);
         assert_eq!(b["totalCount"], 2);
         let tid = b["data"][0]["_id"].as_str().unwrap_or_default().to_string();
-        let (r, _) = call(&docs, "payments.transactions.get", &[("transactionId", tid.as_str())], &ALT, Value::Null);
+        let (r, _) = call(
+            &docs,
+            "payments.transactions.get",
+            &[("transactionId", tid.as_str())],
+            &ALT,
+            Value::Null,
+        );
         assert_eq!(body(&r)["entityId"], oid.as_str());
 
         let fulfil = |qty: u32| {
@@ -1099,14 +1270,32 @@ mod tests {
         let b = body(&r);
         assert_eq!(b["status"], true);
         assert_eq!(b["data"]["items"][0]["price"]["_id"], "pr1");
-        let (r, _) = call(&docs, "payments.orders.get", &path, &[("altId", "loc1")], Value::Null);
+        let (r, _) = call(
+            &docs,
+            "payments.orders.get",
+            &path,
+            &[("altId", "loc1")],
+            Value::Null,
+        );
         assert_eq!(body(&r)["fulfillmentStatus"], "partially_fulfilled");
         let (r, _) = call(&docs, "payments.orders.fulfill", &path, &[], fulfil(2));
         assert_eq!(status(&r), 400, "only one left");
         let _ = call(&docs, "payments.orders.fulfill", &path, &[], fulfil(1));
-        let (r, _) = call(&docs, "payments.orders.get", &path, &[("altId", "loc1")], Value::Null);
+        let (r, _) = call(
+            &docs,
+            "payments.orders.get",
+            &path,
+            &[("altId", "loc1")],
+            Value::Null,
+        );
         assert_eq!(body(&r)["fulfillmentStatus"], "fulfilled");
-        let (r, _) = call(&docs, "payments.orders.get", &[("orderId", "nope")], &[("altId", "loc1")], Value::Null);
+        let (r, _) = call(
+            &docs,
+            "payments.orders.get",
+            &[("orderId", "nope")],
+            &[("altId", "loc1")],
+            Value::Null,
+        );
         assert_eq!(status(&r), 404);
     }
 
@@ -1134,7 +1323,17 @@ mod tests {
         let b = body(&r);
         assert_eq!(b["totalCount"], 1);
         assert_eq!(b["data"][0]["discountValue"], 20);
-        let (r, _) = call(&docs, "payments.coupons.list", &[], &[("altId", "loc1"), ("altType", "location"), ("status", "active")], Value::Null);
+        let (r, _) = call(
+            &docs,
+            "payments.coupons.list",
+            &[],
+            &[
+                ("altId", "loc1"),
+                ("altType", "location"),
+                ("status", "active"),
+            ],
+            Value::Null,
+        );
         assert_eq!(body(&r)["totalCount"], 0);
         let del = json!({ "altId": "loc1", "altType": "location", "id": id });
         let (r, _) = call(&docs, "payments.coupons.delete", &[], &[], del.clone());
@@ -1145,7 +1344,13 @@ mod tests {
         bad["discountValue"] = json!(150);
         let (r, _) = call(&docs, "payments.coupons.create", &[], &[], bad);
         assert_eq!(status(&r), 422);
-        let (r, _) = call(&docs, "payments.coupons.list", &[], &[("altId", "loc2"), ("altType", "location")], Value::Null);
+        let (r, _) = call(
+            &docs,
+            "payments.coupons.list",
+            &[],
+            &[("altId", "loc2"), ("altType", "location")],
+            Value::Null,
+        );
         assert_eq!(status(&r), 403);
     }
 
@@ -1153,11 +1358,23 @@ mod tests {
     fn lists_page_newest_first() {
         let docs = RwLock::new(Docs::default());
         let ids: Vec<String> = (0..3).map(|_| make_order(&docs, 1)).collect();
-        let (r, _) = call(&docs, "payments.orders.list", &[], &[("altId", "loc1"), ("limit", "2")], Value::Null);
+        let (r, _) = call(
+            &docs,
+            "payments.orders.list",
+            &[],
+            &[("altId", "loc1"), ("limit", "2")],
+            Value::Null,
+        );
         let b = body(&r);
         assert_eq!(b["totalCount"], 3);
         assert_eq!(b["data"][0]["_id"], ids[2].as_str());
-        let (r, _) = call(&docs, "payments.orders.list", &[], &[("altId", "loc1"), ("limit", "2"), ("offset", "2")], Value::Null);
+        let (r, _) = call(
+            &docs,
+            "payments.orders.list",
+            &[],
+            &[("altId", "loc1"), ("limit", "2"), ("offset", "2")],
+            Value::Null,
+        );
         assert_eq!(body(&r)["data"][0]["_id"], ids[0].as_str());
         let (r, _) = call(&docs, "payments.subscriptions.list", &[], &ALT, Value::Null);
         assert_eq!(body(&r), json!({ "data": [], "totalCount": 0 }));

@@ -120,7 +120,12 @@ fn validate_product(body: &Map<String, Value>) -> Result<(), ApiError> {
             PRODUCT_TYPES.join(", ")
         ));
     }
-    for k in ["availableInStore", "isTaxesEnabled", "isLabelEnabled", "taxInclusive"] {
+    for k in [
+        "availableInStore",
+        "isTaxesEnabled",
+        "isLabelEnabled",
+        "taxInclusive",
+    ] {
         if body.get(k).is_some_and(|v| !v.is_null() && !v.is_boolean()) {
             errs.push(format!("{k} must be a boolean value"));
         }
@@ -137,19 +142,29 @@ fn validate_product(body: &Map<String, Value>) -> Result<(), ApiError> {
         .flatten()
         .enumerate()
     {
-        if v.get("name").and_then(Value::as_str).is_none_or(str::is_empty)
+        if v.get("name")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
             || !v.get("options").is_some_and(Value::is_array)
         {
-            errs.push(format!("variants.{i}.name and variants.{i}.options should not be empty"));
+            errs.push(format!(
+                "variants.{i}.name and variants.{i}.options should not be empty"
+            ));
         }
     }
-    if errs.is_empty() { Ok(()) } else { Err(ApiError::unprocessable(errs)) }
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::unprocessable(errs))
+    }
 }
 
 fn validate_price(body: &Map<String, Value>) -> Result<(), ApiError> {
     let mut errs = Vec::new();
     let ty = body.get("type").and_then(Value::as_str);
-    if body.get("type").is_some_and(|v| !v.is_null()) && !ty.is_some_and(|t| PRICE_TYPES.contains(&t)) {
+    if body.get("type").is_some_and(|v| !v.is_null())
+        && !ty.is_some_and(|t| PRICE_TYPES.contains(&t))
+    {
         errs.push("type must be one of the following values: one_time, recurring".to_string());
     }
     if let Some(a) = body.get("amount").filter(|v| !v.is_null())
@@ -157,9 +172,17 @@ fn validate_price(body: &Map<String, Value>) -> Result<(), ApiError> {
     {
         errs.push("amount must be a number conforming to the specified constraints".to_string());
     }
-    for k in ["compareAtPrice", "setupFee", "trialPeriod", "totalCycles", "availableQuantity"] {
+    for k in [
+        "compareAtPrice",
+        "setupFee",
+        "trialPeriod",
+        "totalCycles",
+        "availableQuantity",
+    ] {
         if body.get(k).is_some_and(|v| !v.is_null() && !v.is_number()) {
-            errs.push(format!("{k} must be a number conforming to the specified constraints"));
+            errs.push(format!(
+                "{k} must be a number conforming to the specified constraints"
+            ));
         }
     }
     let recurring = body.get("recurring").filter(|v| !v.is_null());
@@ -172,17 +195,27 @@ fn validate_price(body: &Map<String, Value>) -> Result<(), ApiError> {
             .and_then(Value::as_str)
             .is_some_and(|i| INTERVALS.contains(&i))
         {
-            errs.push("recurring.interval must be one of the following values: day, month, week, year".into());
+            errs.push(
+                "recurring.interval must be one of the following values: day, month, week, year"
+                    .into(),
+            );
         }
         if !r
             .get("intervalCount")
             .and_then(Value::as_f64)
             .is_some_and(|n| n >= 1.0)
         {
-            errs.push("recurring.intervalCount must be a number conforming to the specified constraints".into());
+            errs.push(
+                "recurring.intervalCount must be a number conforming to the specified constraints"
+                    .into(),
+            );
         }
     }
-    if errs.is_empty() { Ok(()) } else { Err(ApiError::unprocessable(errs)) }
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::unprocessable(errs))
+    }
 }
 
 /// The product's slug: the one given (must be free in the location) or one made from the
@@ -202,7 +235,9 @@ fn unique_slug(
     if let Some(s) = given.filter(|s| !s.is_empty()) {
         let s = slugify(s);
         if taken(&s) {
-            return Err(ApiError::bad_request("A product with this slug already exists"));
+            return Err(ApiError::bad_request(
+                "A product with this slug already exists",
+            ));
         }
         return Ok(s);
     }
@@ -267,7 +302,11 @@ fn price_event(kind: &str, p: &Value) -> Value {
         "allowOutOfStockPurchases",
     ] {
         if let Some(v) = p.get(k) {
-            let key = if k == "type" && kind == "PriceCreate" { "priceType" } else { k };
+            let key = if k == "type" && kind == "PriceCreate" {
+                "priceType"
+            } else {
+                k
+            };
             out.insert(key.into(), v.clone());
         }
     }
@@ -286,8 +325,18 @@ fn insert_product(
 ) -> Result<Value, ApiError> {
     let id = new_id();
     let now = iso(ctx.now_ms);
-    let name = body.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
-    let slug = unique_slug(ctx, location_id, None, body.get("slug").and_then(Value::as_str), &name)?;
+    let name = body
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let slug = unique_slug(
+        ctx,
+        location_id,
+        None,
+        body.get("slug").and_then(Value::as_str),
+        &name,
+    )?;
     let mut p = json!({
         "_id": id,
         "locationId": location_id,
@@ -370,12 +419,20 @@ fn list(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
         all.retain(|p| {
             p.get("collectionIds")
                 .and_then(Value::as_array)
-                .is_some_and(|a| a.iter().any(|c| c.as_str().is_some_and(|c| cols.contains(&c))))
+                .is_some_and(|a| {
+                    a.iter()
+                        .any(|c| c.as_str().is_some_and(|c| cols.contains(&c)))
+                })
         });
     }
     for k in ["availableInStore", "includedInStore"] {
         if let Some(b) = req.query(k).and_then(|v| v.parse::<bool>().ok()) {
-            all.retain(|p| p.get("availableInStore").and_then(Value::as_bool).unwrap_or(false) == b);
+            all.retain(|p| {
+                p.get("availableInStore")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false)
+                    == b
+            });
         }
     }
     // Newest first unless `sortOrder=asc`.
@@ -416,7 +473,11 @@ fn update(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
                 obj.insert((*k).into(), v.clone());
             }
         }
-        let name = obj.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
+        let name = obj
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
         let given = body.get("slug").and_then(Value::as_str);
         let keep = obj.get("slug").and_then(Value::as_str).map(str::to_string);
         let slug = match (given, keep) {
@@ -429,8 +490,17 @@ fn update(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
     ctx.replace(PRODUCT, &id, p.clone())?;
     ctx.emit("ProductUpdate", &location_id, product_event(&p));
     // `prices` on update: price objects with an `_id` of this product are updated in place.
-    for given in req.field("prices").and_then(Value::as_array).into_iter().flatten() {
-        let Some(pid) = given.get("_id").or_else(|| given.get("id")).and_then(Value::as_str) else {
+    for given in req
+        .field("prices")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let Some(pid) = given
+            .get("_id")
+            .or_else(|| given.get("id"))
+            .and_then(Value::as_str)
+        else {
             continue;
         };
         let Some(old) = ctx
@@ -450,7 +520,11 @@ fn update(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
             obj.insert("updatedAt".into(), json!(iso(ctx.now_ms)));
         }
         ctx.replace(PRICE, pid, price.clone())?;
-        ctx.emit("PriceUpdate", &location_id, price_event("PriceUpdate", &price));
+        ctx.emit(
+            "PriceUpdate",
+            &location_id,
+            price_event("PriceUpdate", &price),
+        );
     }
     ok(p)
 }
@@ -462,7 +536,11 @@ fn delete(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
     for price in ctx.children(PRICE, &id) {
         let pid = str_of(&price, "_id").to_string();
         ctx.delete(PRICE, &pid)?;
-        ctx.emit("PriceDelete", &location_id, price_event("PriceDelete", &price));
+        ctx.emit(
+            "PriceDelete",
+            &location_id,
+            price_event("PriceDelete", &price),
+        );
     }
     ctx.delete(PRODUCT, &id)?;
     ctx.emit("ProductDelete", &location_id, product_event(&p));
@@ -545,7 +623,12 @@ fn price_delete(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
 }
 
 /// A seeded product: name, type, description and its prices (name, amount, recurring interval).
-type CatalogEntry = (&'static str, &'static str, &'static str, &'static [(&'static str, f64, Option<&'static str>)]);
+type CatalogEntry = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static [(&'static str, f64, Option<&'static str>)],
+);
 
 /// Adds this area's demo data to the seeded location: five products with their prices.
 ///
@@ -568,7 +651,10 @@ pub fn seed(ctx: &mut Ctx<'_>, seed: &mut Seed) -> Result<(), ApiError> {
             "Growth Coaching",
             "SERVICE",
             "Weekly coaching with a growth expert.",
-            &[("Monthly plan", 199.0, Some("month")), ("Yearly plan", 1990.0, Some("year"))],
+            &[
+                ("Monthly plan", 199.0, Some("month")),
+                ("Yearly plan", 1990.0, Some("year")),
+            ],
         ),
         (
             "Marketing Playbook (PDF)",
@@ -586,7 +672,10 @@ pub fn seed(ctx: &mut Ctx<'_>, seed: &mut Seed) -> Result<(), ApiError> {
             "Website Care Plan",
             "SERVICE",
             "Hosting, backups and monthly updates.",
-            &[("Basic", 79.0, Some("month")), ("Pro", 149.0, Some("month"))],
+            &[
+                ("Basic", 79.0, Some("month")),
+                ("Pro", 149.0, Some("month")),
+            ],
         ),
     ];
     let user = seed.ids("user").first().cloned();
@@ -620,7 +709,10 @@ pub fn seed(ctx: &mut Ctx<'_>, seed: &mut Seed) -> Result<(), ApiError> {
                 b["userId"] = json!(u);
             }
             let price = insert_price(ctx, &loc, &pid, b.as_object().unwrap_or(&Map::new()))?;
-            seed.ids.entry("price").or_default().push(str_of(&price, "_id").to_string());
+            seed.ids
+                .entry("price")
+                .or_default()
+                .push(str_of(&price, "_id").to_string());
         }
         seed.ids.entry("product").or_default().push(pid);
     }
@@ -724,7 +816,13 @@ mod tests {
             json!({ "name": "P", "locationId": "loc1", "productType": "WRONG" }),
         );
         assert_eq!(status(&r), 422);
-        let (r, _) = call(&docs, "products.create", &[], &[], json!({ "locationId": "loc1" }));
+        let (r, _) = call(
+            &docs,
+            "products.create",
+            &[],
+            &[],
+            json!({ "locationId": "loc1" }),
+        );
         assert_eq!(status(&r), 422);
         let (r, _) = call(
             &docs,
@@ -759,7 +857,13 @@ mod tests {
         let (r, _) = call(&docs, "products.prices.get", &ppath, &q, Value::Null);
         assert_eq!(status(&r), 404);
         // Another location's product is forbidden.
-        let (r, _) = call(&docs, "products.get", &path, &[("locationId", "other")], Value::Null);
+        let (r, _) = call(
+            &docs,
+            "products.get",
+            &path,
+            &[("locationId", "other")],
+            Value::Null,
+        );
         assert_eq!(status(&r), 403);
     }
 
@@ -793,11 +897,13 @@ mod tests {
             Value::Null,
         );
         assert_eq!(body(&r)["products"][0]["name"], "Item 0");
-        let (r, _) = call(&docs, "products.list", &[], &[("locationId", "loc1"), ("search", "item 3")], Value::Null);
+        let (r, _) = call(
+            &docs,
+            "products.list",
+            &[],
+            &[("locationId", "loc1"), ("search", "item 3")],
+            Value::Null,
+        );
         assert_eq!(body(&r)["products"].as_array().map(Vec::len), Some(1));
     }
 }
-
-#[cfg(test)]
-#[path = "/tmp/s3/conf_tmp.rs"]
-mod conf_tmp;

@@ -18,7 +18,9 @@ use std::sync::Arc;
 use rand::Rng;
 use serde_json::{Map, Value, json};
 
-use super::{Ctx, HResult, Handler, Req, Seed, created, forbidden_location, iso, new_id, ok, parse_time_ms};
+use super::{
+    Ctx, HResult, Handler, Req, Seed, created, forbidden_location, iso, new_id, ok, parse_time_ms,
+};
 use crate::error::ApiError;
 
 /// A user document.
@@ -107,7 +109,10 @@ fn visible(req: &Req, u: &Value) -> bool {
         .is_none_or(|c| s(u, "companyId") == c);
     let location_ok = match req.caller.location_id.as_deref() {
         None => true,
-        Some(l) => u.pointer("/roles/type").and_then(Value::as_str) == Some("agency") || location_ids(u).iter().any(|x| x == l),
+        Some(l) => {
+            u.pointer("/roles/type").and_then(Value::as_str) == Some("agency")
+                || location_ids(u).iter().any(|x| x == l)
+        }
     };
     company_ok && location_ok
 }
@@ -120,7 +125,12 @@ fn user(ctx: &Ctx<'_>, req: &Req, id: &str) -> Result<Arc<Value>, ApiError> {
         .map(|d| d.body.clone())
         .filter(|u| u.get("deleted").and_then(Value::as_bool) != Some(true))
         .ok_or_else(|| ApiError::not_found("User"))?;
-    if req.caller.company_id.as_deref().is_some_and(|c| s(&u, "companyId") != c) {
+    if req
+        .caller
+        .company_id
+        .as_deref()
+        .is_some_and(|c| s(&u, "companyId") != c)
+    {
         return Err(ApiError::not_found("User"));
     }
     if !visible(req, &u) {
@@ -135,15 +145,23 @@ fn company_users(ctx: &Ctx<'_>, company_id: &str) -> Vec<Arc<Value>> {
 }
 
 fn check_company(req: &Req, company_id: &str) -> Result<(), ApiError> {
-    if req.caller.company_id.as_deref().is_some_and(|c| c != company_id) {
-        return Err(ApiError::forbidden("The token does not have access to this company."));
+    if req
+        .caller
+        .company_id
+        .as_deref()
+        .is_some_and(|c| c != company_id)
+    {
+        return Err(ApiError::forbidden(
+            "The token does not have access to this company.",
+        ));
     }
     Ok(())
 }
 
 fn valid_email(e: &str) -> bool {
-    e.split_once('@')
-        .is_some_and(|(u, d)| !u.is_empty() && d.contains('.') && !d.starts_with('.') && !d.ends_with('.'))
+    e.split_once('@').is_some_and(|(u, d)| {
+        !u.is_empty() && d.contains('.') && !d.starts_with('.') && !d.ends_with('.')
+    })
 }
 
 fn is_string_array(v: &Value) -> bool {
@@ -154,7 +172,17 @@ fn is_string_array(v: &Value) -> bool {
 fn validate(body: &Map<String, Value>) -> Result<(), ApiError> {
     let mut errs = Vec::new();
     let present = |k: &str| body.get(k).filter(|v| !v.is_null());
-    for k in ["firstName", "lastName", "email", "password", "phone", "type", "role", "companyId", "profilePhoto"] {
+    for k in [
+        "firstName",
+        "lastName",
+        "email",
+        "password",
+        "phone",
+        "type",
+        "role",
+        "companyId",
+        "profilePhoto",
+    ] {
         if present(k).is_some_and(|v| !v.is_string()) {
             errs.push(format!("{k} must be a string"));
         }
@@ -167,34 +195,58 @@ fn validate(body: &Map<String, Value>) -> Result<(), ApiError> {
     if let Some(t) = present("type").and_then(Value::as_str)
         && !TYPES.contains(&t)
     {
-        errs.push(format!("type must be one of the following values: {}", TYPES.join(", ")));
+        errs.push(format!(
+            "type must be one of the following values: {}",
+            TYPES.join(", ")
+        ));
     }
     if let Some(r) = present("role").and_then(Value::as_str)
         && !ROLES.contains(&r)
     {
-        errs.push(format!("role must be one of the following values: {}", ROLES.join(", ")));
+        errs.push(format!(
+            "role must be one of the following values: {}",
+            ROLES.join(", ")
+        ));
     }
     for k in ["locationIds", "scopes", "scopesAssignedToOnly"] {
         if present(k).is_some_and(|v| !is_string_array(v)) {
             errs.push(format!("{k} must be an array of strings"));
         }
     }
-    if present("permissions").is_some_and(|p| !p.as_object().is_some_and(|o| o.values().all(Value::is_boolean))) {
+    if present("permissions").is_some_and(|p| {
+        !p.as_object()
+            .is_some_and(|o| o.values().all(Value::is_boolean))
+    }) {
         errs.push("permissions must be an object of booleans".into());
     }
-    if present("twilioPhone").is_some_and(|p| !p.as_object().is_some_and(|o| o.values().all(Value::is_string))) {
+    if present("twilioPhone").is_some_and(|p| {
+        !p.as_object()
+            .is_some_and(|o| o.values().all(Value::is_string))
+    }) {
         errs.push("twilioPhone must be an object of location id to phone number".into());
     }
     if let Some(l) = present("platformLanguage")
         && !l.as_str().is_some_and(|l| LANGUAGES.contains(&l))
     {
-        errs.push(format!("platformLanguage must be one of the following values: {}", LANGUAGES.join(", ")));
+        errs.push(format!(
+            "platformLanguage must be one of the following values: {}",
+            LANGUAGES.join(", ")
+        ));
     }
-    if errs.is_empty() { Ok(()) } else { Err(ApiError::unprocessable(errs)) }
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::unprocessable(errs))
+    }
 }
 
 /// 400 when another live user of the company has this email.
-fn check_unique_email(ctx: &Ctx<'_>, company_id: &str, email: &str, except: Option<&str>) -> Result<(), ApiError> {
+fn check_unique_email(
+    ctx: &Ctx<'_>,
+    company_id: &str,
+    email: &str,
+    except: Option<&str>,
+) -> Result<(), ApiError> {
     let email = email.trim().to_lowercase();
     let taken = company_users(ctx, company_id).iter().any(|u| {
         u.get("deleted").and_then(Value::as_bool) != Some(true)
@@ -209,7 +261,13 @@ fn check_unique_email(ctx: &Ctx<'_>, company_id: &str, email: &str, except: Opti
 
 /// Applies the writable fields of `body` to user `u` and refreshes the derived ones.
 fn apply(u: &mut Value, body: &Map<String, Value>, now_ms: i64) {
-    for k in ["firstName", "lastName", "phone", "profilePhoto", "platformLanguage"] {
+    for k in [
+        "firstName",
+        "lastName",
+        "phone",
+        "profilePhoto",
+        "platformLanguage",
+    ] {
         if let Some(v) = body.get(k).filter(|v| !v.is_null()) {
             u[k] = v.clone();
         }
@@ -237,7 +295,9 @@ fn apply(u: &mut Value, body: &Map<String, Value>, now_ms: i64) {
             u["lcPhone"][loc.as_str()] = phone.clone();
         }
     }
-    let name = format!("{} {}", s(u, "firstName"), s(u, "lastName")).trim().to_string();
+    let name = format!("{} {}", s(u, "firstName"), s(u, "lastName"))
+        .trim()
+        .to_string();
     u["name"] = json!(name);
     u["dateUpdated"] = json!(iso(now_ms));
 }
@@ -252,11 +312,20 @@ fn create_events(ctx: &mut Ctx<'_>, u: &Value) {
             p.insert(k.into(), v.clone());
         }
     }
-    p.insert("role".into(), u.pointer("/roles/role").cloned().unwrap_or(json!("user")));
-    p.insert("permissions".into(), u.get("permissions").cloned().unwrap_or(json!({})));
+    p.insert(
+        "role".into(),
+        u.pointer("/roles/role").cloned().unwrap_or(json!("user")),
+    );
+    p.insert(
+        "permissions".into(),
+        u.get("permissions").cloned().unwrap_or(json!({})),
+    );
     let locations = location_ids(u);
     if u.pointer("/roles/type").and_then(Value::as_str) == Some("agency") {
-        p.insert("companyId".into(), u.get("companyId").cloned().unwrap_or(Value::Null));
+        p.insert(
+            "companyId".into(),
+            u.get("companyId").cloned().unwrap_or(Value::Null),
+        );
         p.insert("locations".into(), json!(locations));
         // Delivered to the apps of each location the agency user works in.
         for loc in &locations {
@@ -277,7 +346,16 @@ fn get(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
 }
 
 fn create(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
-    req.require_fields(&["companyId", "firstName", "lastName", "email", "password", "type", "role", "locationIds"])?;
+    req.require_fields(&[
+        "companyId",
+        "firstName",
+        "lastName",
+        "email",
+        "password",
+        "type",
+        "role",
+        "locationIds",
+    ])?;
     let body = req.body_object();
     validate(&body)?;
     let company_id = req.field_str("companyId").unwrap_or_default().to_string();
@@ -292,14 +370,21 @@ fn create(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
         .collect();
     let kind = req.field_str("type").unwrap_or("account");
     if kind == "account" && locations.is_empty() {
-        return Err(ApiError::unprocessable(vec!["locationIds should not be empty".into()]));
+        return Err(ApiError::unprocessable(vec![
+            "locationIds should not be empty".into(),
+        ]));
     }
     if let Some(l) = req.caller.location_id.as_deref()
         && !locations.iter().any(|x| x == l)
     {
         return Err(forbidden_location());
     }
-    check_unique_email(ctx, &company_id, req.field_str("email").unwrap_or_default(), None)?;
+    check_unique_email(
+        ctx,
+        &company_id,
+        req.field_str("email").unwrap_or_default(),
+        None,
+    )?;
     let id = new_id();
     let now = iso(req.now_ms);
     let mut u = json!({
@@ -333,15 +418,21 @@ fn update(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
     if let Some(c) = body.remove("companyId").as_ref().and_then(Value::as_str)
         && c != s(&old, "companyId")
     {
-        return Err(ApiError::forbidden("The token does not have access to this company."));
+        return Err(ApiError::forbidden(
+            "The token does not have access to this company.",
+        ));
     }
     if let Some(e) = body.get("email").and_then(Value::as_str) {
         check_unique_email(ctx, s(&old, "companyId"), e, Some(id))?;
     }
     let mut u = (*old).clone();
     apply(&mut u, &body, req.now_ms);
-    if u.pointer("/roles/type").and_then(Value::as_str) == Some("account") && location_ids(&u).is_empty() {
-        return Err(ApiError::unprocessable(vec!["locationIds should not be empty".into()]));
+    if u.pointer("/roles/type").and_then(Value::as_str) == Some("account")
+        && location_ids(&u).is_empty()
+    {
+        return Err(ApiError::unprocessable(vec![
+            "locationIds should not be empty".into(),
+        ]));
     }
     // A location token cannot move a user out of its own location.
     if req.caller.location_id.is_some() && !visible(req, &u) {
@@ -397,20 +488,38 @@ fn search(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
     }
     let ids: Vec<&str> = req
         .query("ids")
-        .map(|v| v.split(',').map(str::trim).filter(|x| !x.is_empty()).collect())
+        .map(|v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|x| !x.is_empty())
+                .collect()
+        })
         .unwrap_or_default();
-    let q = req.query("query").map(str::to_lowercase).filter(|q| !q.is_empty());
+    let q = req
+        .query("query")
+        .map(str::to_lowercase)
+        .filter(|q| !q.is_empty());
     let mut hits: Vec<Arc<Value>> = company_users(ctx, company_id)
         .into_iter()
         .filter(|u| u.get("deleted").and_then(Value::as_bool) != Some(true))
         .filter(|u| visible(req, u))
         .filter(|u| location.is_none_or(|l| location_ids(u).iter().any(|x| x == l)))
-        .filter(|u| req.query("type").filter(|t| !t.is_empty()).is_none_or(|t| u.pointer("/roles/type").and_then(Value::as_str) == Some(t)))
-        .filter(|u| req.query("role").filter(|r| !r.is_empty()).is_none_or(|r| u.pointer("/roles/role").and_then(Value::as_str) == Some(r)))
+        .filter(|u| {
+            req.query("type")
+                .filter(|t| !t.is_empty())
+                .is_none_or(|t| u.pointer("/roles/type").and_then(Value::as_str) == Some(t))
+        })
+        .filter(|u| {
+            req.query("role")
+                .filter(|r| !r.is_empty())
+                .is_none_or(|r| u.pointer("/roles/role").and_then(Value::as_str) == Some(r))
+        })
         .filter(|u| ids.is_empty() || ids.contains(&s(u, "id")))
         .filter(|u| {
             q.as_ref().is_none_or(|q| {
-                ["name", "email", "phone"].iter().any(|k| s(u, k).to_lowercase().contains(q.as_str()))
+                ["name", "email", "phone"]
+                    .iter()
+                    .any(|k| s(u, k).to_lowercase().contains(q.as_str()))
             })
         })
         .collect();
@@ -434,7 +543,10 @@ fn search(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
     };
     sort_users(&mut hits, field, desc);
     let count = hits.len();
-    let users: Vec<Value> = super::window(&hits, skip, limit).iter().map(|u| (**u).clone()).collect();
+    let users: Vec<Value> = super::window(&hits, skip, limit)
+        .iter()
+        .map(|u| (**u).clone())
+        .collect();
     ok(json!({ "users": users, "count": count }))
 }
 
@@ -442,16 +554,17 @@ fn search(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
 fn body_usize(req: &Req, name: &str, default: usize, max: usize) -> Result<usize, ApiError> {
     match req.field(name) {
         None => Ok(default),
-        Some(Value::Number(n)) => n
-            .as_u64()
-            .map(|n| (n as usize).min(max))
-            .ok_or_else(|| ApiError::unprocessable(vec![format!("{name} must be a number string")])),
+        Some(Value::Number(n)) => n.as_u64().map(|n| (n as usize).min(max)).ok_or_else(|| {
+            ApiError::unprocessable(vec![format!("{name} must be a number string")])
+        }),
         Some(Value::String(v)) if v.is_empty() => Ok(default),
         Some(Value::String(v)) => v
             .parse::<usize>()
             .map(|n| n.min(max))
             .map_err(|_| ApiError::unprocessable(vec![format!("{name} must be a number string")])),
-        Some(_) => Err(ApiError::unprocessable(vec![format!("{name} must be a number string")])),
+        Some(_) => Err(ApiError::unprocessable(vec![format!(
+            "{name} must be a number string"
+        )])),
     }
 }
 
@@ -463,15 +576,31 @@ fn filter_by_email(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
     let company_id = req.field_str("companyId").unwrap_or_default().to_string();
     check_company(req, &company_id)?;
     let emails: Vec<String> = match req.field("emails") {
-        Some(Value::String(v)) => v.split(',').map(|e| e.trim().to_lowercase()).filter(|e| !e.is_empty()).collect(),
-        Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).map(|e| e.trim().to_lowercase()).collect(),
-        _ => return Err(ApiError::unprocessable(vec!["emails must be a string".into()])),
+        Some(Value::String(v)) => v
+            .split(',')
+            .map(|e| e.trim().to_lowercase())
+            .filter(|e| !e.is_empty())
+            .collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(Value::as_str)
+            .map(|e| e.trim().to_lowercase())
+            .collect(),
+        _ => {
+            return Err(ApiError::unprocessable(vec![
+                "emails must be a string".into(),
+            ]));
+        }
     };
     let deleted = match req.field("deleted") {
         None => false,
         Some(Value::Bool(b)) => *b,
         Some(Value::String(v)) if v == "true" || v == "false" => v == "true",
-        Some(_) => return Err(ApiError::unprocessable(vec!["deleted must be a boolean value".into()])),
+        Some(_) => {
+            return Err(ApiError::unprocessable(vec![
+                "deleted must be a boolean value".into(),
+            ]));
+        }
     };
     let skip = body_usize(req, "skip", 0, usize::MAX)?;
     let limit = body_usize(req, "limit", 25, 100)?;
@@ -511,7 +640,12 @@ fn list(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
         .query("locationId")
         .filter(|l| !l.is_empty())
         .ok_or_else(|| ApiError::unprocessable(vec!["locationId should not be empty".into()]))?;
-    if req.caller.location_id.as_deref().is_some_and(|l| l != location_id) {
+    if req
+        .caller
+        .location_id
+        .as_deref()
+        .is_some_and(|l| l != location_id)
+    {
         return Err(forbidden_location());
     }
     let users: Vec<Value> = ctx
@@ -520,7 +654,12 @@ fn list(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
         .map(|(_, d)| d.body.clone())
         .filter(|u| u.get("deleted").and_then(Value::as_bool) != Some(true))
         .filter(|u| location_ids(u).iter().any(|l| l == location_id))
-        .filter(|u| req.caller.company_id.as_deref().is_none_or(|c| s(u, "companyId") == c))
+        .filter(|u| {
+            req.caller
+                .company_id
+                .as_deref()
+                .is_none_or(|c| s(u, "companyId") == c)
+        })
         .map(|u| (*u).clone())
         .collect();
     ok(json!({ "users": users }))
@@ -541,13 +680,16 @@ pub fn seed(ctx: &mut Ctx<'_>, seed: &mut Seed) -> Result<(), ApiError> {
     for (i, (first, last, role)) in PEOPLE.iter().enumerate() {
         let id: String = (0..20)
             .map(|_| {
-                const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+                const ALPHABET: &[u8] =
+                    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
                 ALPHABET[seed.rng.random_range(0..ALPHABET.len())] as char
             })
             .collect();
         let added = iso(seed.now_ms - (365 - 30 * i as i64) * 86_400_000);
-        let mut permissions: Map<String, Value> =
-            DEFAULT_PERMISSIONS.iter().map(|(k, v)| ((*k).to_string(), json!(v))).collect();
+        let mut permissions: Map<String, Value> = DEFAULT_PERMISSIONS
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), json!(v)))
+            .collect();
         if *role == "user" {
             permissions.insert("settingsEnabled".into(), json!(false));
             permissions.insert("assignedDataOnly".into(), json!(i % 2 == 0));
@@ -612,30 +754,66 @@ mod tests {
 
         let (r, _) = call(&docs, "users.get", &[("userId", &id)], &[], Value::Null);
         assert_eq!(r.unwrap().body["roles"]["role"], "admin");
-        let (r, _) = call(&docs, "users.update", &[("userId", &id)], &[], json!({ "firstName": "Jane", "role": "user" }));
+        let (r, _) = call(
+            &docs,
+            "users.update",
+            &[("userId", &id)],
+            &[],
+            json!({ "firstName": "Jane", "role": "user" }),
+        );
         assert_eq!(r.unwrap().body["name"], "Jane Deo");
         let (r, _) = call(&docs, "users.get", &[("userId", &id)], &[], Value::Null);
         assert_eq!(r.unwrap().body["roles"]["role"], "user");
-        let (r, _) = call(&docs, "users.update", &[("userId", &id)], &[], json!({ "locationIds": ["elsewhere"] }));
-        assert_eq!(r.unwrap_err().status, 403, "a location token cannot move a user away");
+        let (r, _) = call(
+            &docs,
+            "users.update",
+            &[("userId", &id)],
+            &[],
+            json!({ "locationIds": ["elsewhere"] }),
+        );
+        assert_eq!(
+            r.unwrap_err().status,
+            403,
+            "a location token cannot move a user away"
+        );
         let (r, _) = call(&docs, "users.delete", &[("userId", &id)], &[], Value::Null);
         let r = r.unwrap().body;
         assert_eq!(r["succeded"], true);
-        assert!(r["message"].as_str().unwrap().contains("name Jane Deo"), "{r}");
+        assert!(
+            r["message"].as_str().unwrap().contains("name Jane Deo"),
+            "{r}"
+        );
         let (r, _) = call(&docs, "users.get", &[("userId", &id)], &[], Value::Null);
         assert_eq!(r.unwrap_err().status, 404);
         // Deleted users are still found by filter-by-email with deleted: true.
-        let (r, _) = call(&docs, "users.filter_by_email", &[], &[], json!({ "companyId": "company1", "emails": "john@deo.com", "deleted": true }));
+        let (r, _) = call(
+            &docs,
+            "users.filter_by_email",
+            &[],
+            &[],
+            json!({ "companyId": "company1", "emails": "john@deo.com", "deleted": true }),
+        );
         assert_eq!(r.unwrap().body["count"], 1);
     }
 
     #[test]
     fn validation() {
         let docs = RwLock::new(Docs::default());
-        let (r, _) = call(&docs, "users.create", &[], &[], json!({ "companyId": "company1" }));
+        let (r, _) = call(
+            &docs,
+            "users.create",
+            &[],
+            &[],
+            json!({ "companyId": "company1" }),
+        );
         let e = r.unwrap_err();
         assert_eq!(e.status, 422);
-        assert!(e.message.as_array().unwrap().contains(&json!("email should not be empty")));
+        assert!(
+            e.message
+                .as_array()
+                .unwrap()
+                .contains(&json!("email should not be empty"))
+        );
         let mut b = body("a@b.co");
         b["role"] = json!("owner");
         let (r, _) = call(&docs, "users.create", &[], &[], b);
@@ -662,20 +840,43 @@ mod tests {
             let (r, _) = call(&docs, "users.create", &[], &[], b);
             r.unwrap();
         }
-        let (r, _) = call(&docs, "users.search", &[], &[("companyId", "company1"), ("limit", "3"), ("skip", "3")], Value::Null);
+        let (r, _) = call(
+            &docs,
+            "users.search",
+            &[],
+            &[("companyId", "company1"), ("limit", "3"), ("skip", "3")],
+            Value::Null,
+        );
         let r = r.unwrap().body;
         assert_eq!(r["count"], 7);
         assert_eq!(r["users"].as_array().unwrap().len(), 3);
         assert_eq!(r["users"][0]["firstName"], "User3");
-        let (r, _) = call(&docs, "users.search", &[], &[("companyId", "company1"), ("role", "admin")], Value::Null);
-        assert_eq!(r.unwrap().body["count"], 1);
-        let (r, _) = call(&docs, "users.search", &[], &[("companyId", "company1"), ("query", "user6")], Value::Null);
+        let (r, _) = call(
+            &docs,
+            "users.search",
+            &[],
+            &[("companyId", "company1"), ("role", "admin")],
+            Value::Null,
+        );
         assert_eq!(r.unwrap().body["count"], 1);
         let (r, _) = call(
             &docs,
             "users.search",
             &[],
-            &[("companyId", "company1"), ("sort", "firstName"), ("sortDirection", "desc"), ("limit", "1")],
+            &[("companyId", "company1"), ("query", "user6")],
+            Value::Null,
+        );
+        assert_eq!(r.unwrap().body["count"], 1);
+        let (r, _) = call(
+            &docs,
+            "users.search",
+            &[],
+            &[
+                ("companyId", "company1"),
+                ("sort", "firstName"),
+                ("sortDirection", "desc"),
+                ("limit", "1"),
+            ],
             Value::Null,
         );
         assert_eq!(r.unwrap().body["users"][0]["firstName"], "User6");
@@ -690,10 +891,26 @@ mod tests {
         );
         let r = r.unwrap().body;
         assert_eq!(r["count"], 2);
-        assert_eq!(r["users"][0].as_object().unwrap().len(), 2, "default projection is id and email");
-        let (r, _) = call(&docs, "users.list", &[], &[("locationId", "loc1")], Value::Null);
+        assert_eq!(
+            r["users"][0].as_object().unwrap().len(),
+            2,
+            "default projection is id and email"
+        );
+        let (r, _) = call(
+            &docs,
+            "users.list",
+            &[],
+            &[("locationId", "loc1")],
+            Value::Null,
+        );
         assert_eq!(r.unwrap().body["users"].as_array().unwrap().len(), 7);
-        let (r, _) = call(&docs, "users.list", &[], &[("locationId", "loc2")], Value::Null);
+        let (r, _) = call(
+            &docs,
+            "users.list",
+            &[],
+            &[("locationId", "loc2")],
+            Value::Null,
+        );
         assert_eq!(r.unwrap_err().status, 403);
     }
 }

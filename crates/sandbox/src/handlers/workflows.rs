@@ -42,7 +42,11 @@ fn location(req: &Req) -> Result<&str, ApiError> {
 
 fn workflows(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
     let loc = location(req)?;
-    let list: Vec<Value> = ctx.list(WORKFLOW, loc).iter().map(|w| (**w).clone()).collect();
+    let list: Vec<Value> = ctx
+        .list(WORKFLOW, loc)
+        .iter()
+        .map(|w| (**w).clone())
+        .collect();
     ok(json!({ "workflows": list }))
 }
 
@@ -65,8 +69,15 @@ fn snapshots(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
         .query("companyId")
         .filter(|c| !c.is_empty())
         .ok_or_else(|| ApiError::unprocessable(vec!["companyId should not be empty".into()]))?;
-    if req.caller.company_id.as_deref().is_some_and(|c| c != company) {
-        return Err(ApiError::forbidden("The token does not have access to this company."));
+    if req
+        .caller
+        .company_id
+        .as_deref()
+        .is_some_and(|c| c != company)
+    {
+        return Err(ApiError::forbidden(
+            "The token does not have access to this company.",
+        ));
     }
     let list: Vec<Value> = ctx
         .children(SNAPSHOT, company)
@@ -103,7 +114,9 @@ pub fn seed(ctx: &mut Ctx<'_>, seed: &mut Seed) -> Result<(), ApiError> {
     {
         // Workflow ids are UUIDs in HighLevel.
         let bytes: [u8; 16] = seed.rng.random();
-        let id = uuid::Builder::from_random_bytes(bytes).into_uuid().to_string();
+        let id = uuid::Builder::from_random_bytes(bytes)
+            .into_uuid()
+            .to_string();
         let created = seed.now_ms - (120 - 25 * i as i64) * 86_400_000;
         ctx.put(
             WORKFLOW,
@@ -122,7 +135,10 @@ pub fn seed(ctx: &mut Ctx<'_>, seed: &mut Seed) -> Result<(), ApiError> {
         )?;
         seed.ids.entry("workflow").or_default().push(id);
     }
-    for (name, status) in [("Spring Promotion Drip", "published"), ("Review Requests", "draft")] {
+    for (name, status) in [
+        ("Spring Promotion Drip", "published"),
+        ("Review Requests", "draft"),
+    ] {
         let id = seed_id(seed);
         ctx.put(
             CAMPAIGN,
@@ -172,22 +188,58 @@ mod tests {
     #[test]
     fn lists() {
         let docs = seeded();
-        let (r, _) = call(&docs, "workflows.list", &[], &[("locationId", "loc1")], Value::Null);
+        let (r, _) = call(
+            &docs,
+            "workflows.list",
+            &[],
+            &[("locationId", "loc1")],
+            Value::Null,
+        );
         let w = r.unwrap().body;
         assert_eq!(w["workflows"].as_array().unwrap().len(), 3);
         assert_eq!(w["workflows"][0]["locationId"], "loc1");
-        let (r, _) = call(&docs, "campaigns.list", &[], &[("locationId", "loc1")], Value::Null);
+        let (r, _) = call(
+            &docs,
+            "campaigns.list",
+            &[],
+            &[("locationId", "loc1")],
+            Value::Null,
+        );
         assert_eq!(r.unwrap().body["campaigns"].as_array().unwrap().len(), 2);
-        let (r, _) = call(&docs, "campaigns.list", &[], &[("locationId", "loc1"), ("status", "draft")], Value::Null);
+        let (r, _) = call(
+            &docs,
+            "campaigns.list",
+            &[],
+            &[("locationId", "loc1"), ("status", "draft")],
+            Value::Null,
+        );
         let c = r.unwrap().body;
         assert_eq!(c["campaigns"].as_array().unwrap().len(), 1);
         assert_eq!(c["campaigns"][0]["name"], "Review Requests");
-        let (r, _) = call(&docs, "snapshots.list", &[], &[("companyId", "company1")], Value::Null);
+        let (r, _) = call(
+            &docs,
+            "snapshots.list",
+            &[],
+            &[("companyId", "company1")],
+            Value::Null,
+        );
         let s = r.unwrap().body;
         assert_eq!(s["snapshots"][0]["type"], "own");
-        let (r, _) = call(&docs, "snapshots.list", &[], &[("companyId", "other")], Value::Null);
+        let (r, _) = call(
+            &docs,
+            "snapshots.list",
+            &[],
+            &[("companyId", "other")],
+            Value::Null,
+        );
         assert_eq!(r.unwrap_err().status, 403);
-        let (r, _) = call(&docs, "workflows.list", &[], &[("locationId", "loc2")], Value::Null);
+        let (r, _) = call(
+            &docs,
+            "workflows.list",
+            &[],
+            &[("locationId", "loc2")],
+            Value::Null,
+        );
         assert_eq!(r.unwrap_err().status, 403);
         let (r, _) = call(&docs, "workflows.list", &[], &[], Value::Null);
         assert_eq!(r.unwrap_err().status, 422);
@@ -196,104 +248,30 @@ mod tests {
     #[test]
     fn enrolment_sees_seeded_workflows() {
         let docs = seeded();
-        let (r, _) = call(&docs, "contacts.create", &[], &[], json!({ "locationId": "loc1", "firstName": "Ada" }));
-        let cid = r.unwrap().body["contact"]["id"].as_str().unwrap().to_string();
-        let wid = docs.read().iter(WORKFLOW).map(|(id, _)| id.clone()).next().unwrap();
-        let (r, _) = call(&docs, "contacts.workflows.add", &[("contactId", &cid), ("workflowId", &wid)], &[], json!({}));
+        let (r, _) = call(
+            &docs,
+            "contacts.create",
+            &[],
+            &[],
+            json!({ "locationId": "loc1", "firstName": "Ada" }),
+        );
+        let cid = r.unwrap().body["contact"]["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let wid = docs
+            .read()
+            .iter(WORKFLOW)
+            .map(|(id, _)| id.clone())
+            .next()
+            .unwrap();
+        let (r, _) = call(
+            &docs,
+            "contacts.workflows.add",
+            &[("contactId", &cid), ("workflowId", &wid)],
+            &[],
+            json!({}),
+        );
         assert_eq!(r.unwrap().status, 201);
-    }
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tmp_dump {
-    use super::*;
-    use crate::handlers::testing::call;
-    use crate::store::Docs;
-    use parking_lot::RwLock;
-    use rand::SeedableRng;
-
-    #[test]
-    #[ignore]
-    fn dump() {
-        let docs = RwLock::new(Docs::default());
-        let mut seed = Seed {
-            location_id: "loc1".into(),
-            company_id: "company1".into(),
-            now_ms: 1_700_000_000_000,
-            rng: rand::rngs::StdRng::seed_from_u64(1),
-            ids: HashMap::new(),
-        };
-        {
-            let mut ctx = Ctx::new(crate::handlers::Guard::Write(docs.write()), seed.now_ms);
-            crate::handlers::users::seed(&mut ctx, &mut seed).unwrap();
-        }
-        for i in 0..45 {
-            let (r, _) = call(&docs, "contacts.create", &[], &[], json!({ "locationId": "loc1", "firstName": format!("C{i}"), "lastName": "Doe", "email": format!("c{i}@example.com"), "phone": format!("+1202555{:04}", i) }));
-            let id = r.unwrap().body["contact"]["id"].as_str().unwrap().to_string();
-            seed.ids.entry("contact").or_default().push(id);
-        }
-        {
-            let mut ctx = Ctx::new(crate::handlers::Guard::Write(docs.write()), seed.now_ms);
-            crate::handlers::businesses::seed(&mut ctx, &mut seed).unwrap();
-            crate::handlers::opportunities::seed(&mut ctx, &mut seed).unwrap();
-            crate::handlers::conversations::seed(&mut ctx, &mut seed).unwrap();
-            super::seed(&mut ctx, &mut seed).unwrap();
-        }
-        let mut out = serde_json::Map::new();
-        let mut rec = |name: &str, r: crate::handlers::HResult| {
-            let r = r.unwrap();
-            out.insert(name.to_string(), json!({ "status": r.status, "body": r.body }));
-        };
-        let opp = seed.ids("opportunity")[0].clone();
-        let user = seed.ids("user")[0].clone();
-        let conv = seed.ids("conversation")[1].clone();
-        let bus = seed.ids("business")[0].clone();
-        let free_contact = seed.ids("contact")[44].clone();
-        rec("opportunities.search", call(&docs, "opportunities.search", &[], &[("location_id", "loc1"), ("limit", "3")], Value::Null).0);
-        rec("opportunities.search#last", call(&docs, "opportunities.search", &[], &[("location_id", "loc1"), ("limit", "100")], Value::Null).0);
-        rec("opportunities.get", call(&docs, "opportunities.get", &[("id", &opp)], &[], Value::Null).0);
-        rec("opportunities.pipelines.list", call(&docs, "opportunities.pipelines.list", &[], &[("locationId", "loc1")], Value::Null).0);
-        let pipe = seed.ids("pipeline")[0].clone();
-        rec("opportunities.create", call(&docs, "opportunities.create", &[], &[], json!({"pipelineId": pipe, "locationId": "loc1", "name": "x", "status": "open", "contactId": free_contact, "customFields": [{"id": "cf1", "field_value": "9039160788"}]})).0);
-        rec("opportunities.update", call(&docs, "opportunities.update", &[("id", &opp)], &[], json!({"name": "y", "monetaryValue": 3})).0);
-        rec("opportunities.set_status", call(&docs, "opportunities.set_status", &[("id", &opp)], &[], json!({"status": "lost", "lostReasonId": "r1"})).0);
-        rec("opportunities.upsert", call(&docs, "opportunities.upsert", &[], &[], json!({"pipelineId": pipe, "locationId": "loc1", "contactId": free_contact, "followers": [], "isRemoveAllFollowers": false, "followersActionType": "add"})).0);
-        rec("opportunities.followers.add", call(&docs, "opportunities.followers.add", &[("id", &opp)], &[], json!({"followers": ["a"]})).0);
-        rec("opportunities.followers.remove", call(&docs, "opportunities.followers.remove", &[("id", &opp)], &[], json!({"followers": ["a"]})).0);
-        rec("opportunities.delete", call(&docs, "opportunities.delete", &[("id", &opp)], &[], Value::Null).0);
-        rec("users.search", call(&docs, "users.search", &[], &[("companyId", "company1")], Value::Null).0);
-        rec("users.filter_by_email", call(&docs, "users.filter_by_email", &[], &[], json!({"companyId": "company1", "emails": "morgan.reyes@example.com", "projection": "all"})).0);
-        rec("users.get", call(&docs, "users.get", &[("userId", &user)], &[], Value::Null).0);
-        rec("users.list", call(&docs, "users.list", &[], &[("locationId", "loc1")], Value::Null).0);
-        rec("users.create", call(&docs, "users.create", &[], &[], json!({"companyId": "company1", "firstName": "J", "lastName": "D", "email": "j@d.co", "password": "*******", "type": "account", "role": "admin", "locationIds": ["loc1"]})).0);
-        rec("users.update", call(&docs, "users.update", &[("userId", &user)], &[], json!({"firstName": "Z"})).0);
-        rec("users.delete", call(&docs, "users.delete", &[("userId", &user)], &[], Value::Null).0);
-        rec("conversations.search", call(&docs, "conversations.search", &[], &[("locationId", "loc1")], Value::Null).0);
-        rec("conversations.get", call(&docs, "conversations.get", &[("conversationId", &conv)], &[], Value::Null).0);
-        let msgs = call(&docs, "conversations.messages.list", &[("conversationId", &conv)], &[], Value::Null).0.unwrap().body;
-        rec("conversations.messages.list", Ok(crate::handlers::Reply { status: 200, body: msgs["messages"].clone(), raw: None }));
-        let mid = msgs["messages"]["messages"][0]["id"].as_str().unwrap().to_string();
-        rec("conversations.messages.get", call(&docs, "conversations.messages.get", &[("id", &mid)], &[], Value::Null).0);
-        let sent = call(&docs, "conversations.messages.send", &[], &[], json!({"type": "Email", "contactId": free_contact, "html": "<p>x</p>", "subject": "s"})).0;
-        let eid = sent.as_ref().unwrap().body["emailMessageId"].as_str().unwrap().to_string();
-        rec("conversations.messages.send", sent);
-        rec("conversations.emails.get", call(&docs, "conversations.emails.get", &[("id", &eid)], &[], Value::Null).0);
-        rec("conversations.messages.set_status", call(&docs, "conversations.messages.set_status", &[("messageId", &mid)], &[], json!({"status": "read"})).0);
-        let callm = docs.read().iter(crate::handlers::conversations::MESSAGE).map(|(_, d)| (*d.body).clone()).find(|m| m["messageType"] == "TYPE_CALL").unwrap();
-        let t = call(&docs, "conversations.messages.transcription", &[("messageId", callm["id"].as_str().unwrap()), ("locationId", "loc1")], &[], Value::Null).0.unwrap().body;
-        rec("conversations.messages.transcription", Ok(crate::handlers::Reply { status: 200, body: t[0].clone(), raw: None }));
-        rec("conversations.live_chat.typing", call(&docs, "conversations.live_chat.typing", &[], &[], json!({"locationId": "loc1", "isTyping": "true", "visitorId": "v", "conversationId": conv})).0);
-        let c2 = seed.ids("contact")[43].clone();
-        rec("conversations.create", call(&docs, "conversations.create", &[], &[], json!({"locationId": "loc1", "contactId": c2})).0);
-        rec("businesses.get", call(&docs, "businesses.get", &[("businessId", &bus)], &[], Value::Null).0);
-        rec("businesses.list", call(&docs, "businesses.list", &[], &[("locationId", "loc1")], Value::Null).0);
-        rec("businesses.create", call(&docs, "businesses.create", &[], &[], json!({"name": "n", "locationId": "loc1"})).0);
-        rec("businesses.update", call(&docs, "businesses.update", &[("businessId", &bus)], &[], json!({"name": "n2"})).0);
-        rec("businesses.delete", call(&docs, "businesses.delete", &[("businessId", &bus)], &[], Value::Null).0);
-        rec("workflows.list", call(&docs, "workflows.list", &[], &[("locationId", "loc1")], Value::Null).0);
-        rec("campaigns.list", call(&docs, "campaigns.list", &[], &[("locationId", "loc1")], Value::Null).0);
-        rec("snapshots.list", call(&docs, "snapshots.list", &[], &[("companyId", "company1")], Value::Null).0);
-        std::fs::write("/tmp/s2a/responses.json", serde_json::to_string_pretty(&Value::Object(out)).unwrap()).unwrap();
     }
 }

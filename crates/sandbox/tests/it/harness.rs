@@ -31,11 +31,25 @@ impl Env {
     }
 
     /// Calls the API with the full-scope token and the given Version.
-    pub async fn call(&self, method: &str, path: &str, version: &str, body: Option<Value>) -> (u16, Value, HeaderMap) {
-        self.call_as(&self.info.token.clone(), method, path, version, body).await
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        version: &str,
+        body: Option<Value>,
+    ) -> (u16, Value, HeaderMap) {
+        self.call_as(&self.info.token.clone(), method, path, version, body)
+            .await
     }
 
-    pub async fn call_as(&self, token: &str, method: &str, path: &str, version: &str, body: Option<Value>) -> (u16, Value, HeaderMap) {
+    pub async fn call_as(
+        &self,
+        token: &str,
+        method: &str,
+        path: &str,
+        version: &str,
+        body: Option<Value>,
+    ) -> (u16, Value, HeaderMap) {
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
         let mut req = self
             .http
@@ -49,7 +63,11 @@ impl Env {
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         let text = resp.text().await.expect("body");
-        let json = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        let json = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
         (status, json, headers)
     }
 
@@ -89,12 +107,18 @@ impl TestReceiver {
                     .unwrap_or(axum::http::StatusCode::OK)
             }
         });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        TestReceiver { url, received, status }
+        TestReceiver {
+            url,
+            received,
+            status,
+        }
     }
 
     /// Waits until at least `n` deliveries arrived (up to 5 s) and returns them as JSON.

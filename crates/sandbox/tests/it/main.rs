@@ -3,6 +3,7 @@
 //! every operation's answer to the official OpenAPI response schemas.
 
 mod behaviour;
+mod conformance;
 mod harness;
 mod oauth;
 mod webhooks;
