@@ -6,7 +6,7 @@ ours; method, path, scope, Version, pagination and parameters are read from the 
 OpenAPI specs (via catalog.json) so the table stays faithful. Run it from the repository
 root with the reference folder beside the checkout:
 
-    python3 tools/gen_operation_table.py ../shared/highlevel > crates/highlevel/src/operations/table.rs
+    python3 tools/gen_operation_table.py ../shared/highlevel | rustfmt --edition 2024 > crates/highlevel/src/operations/table.rs
 
 The conformance test in crates/highlevel/tests/it checks the result against the specs again.
 """
@@ -239,8 +239,9 @@ ITEMS_KEY_OVERRIDE = {
     "locations.tasks.search": "tasks",
     "objects.records.search": "records",
     "opportunities.search": "opportunities",
-    "associations.list": "",
-    "associations.relations.list": "",
+    # The spec types these as one association; HighLevel answers {associations|relations, total}.
+    "associations.list": "associations",
+    "associations.relations.list": "relations",
 }
 
 # The spec declares no body for POST /contacts/search; these are HighLevel's documented fields.

@@ -5134,7 +5134,7 @@ pub static OPERATIONS: &[Operation] = &[
         version: V2021_07_28,
         token: TokenKind::Location,
         pagination: Some(Pagination::SkipLimit),
-        items_key: Some(""),
+        items_key: Some("associations"),
         params: &[
             Param {
                 name: "locationId",
@@ -5252,7 +5252,7 @@ pub static OPERATIONS: &[Operation] = &[
         version: V2021_07_28,
         token: TokenKind::Location,
         pagination: Some(Pagination::SkipLimit),
-        items_key: Some(""),
+        items_key: Some("relations"),
         params: &[
             Param {
                 name: "recordId",

@@ -58,7 +58,7 @@ async fn two_hundred_fifty_calls_get_no_429() {
     assert_eq!(stub.count(), 250, "no retries needed");
     // 250 calls at 100/s: bursts at 0 s, 1 s, 2 s.
     assert!(elapsed >= Duration::from_secs(2), "{elapsed:?}");
-    assert!(elapsed < Duration::from_millis(3500), "{elapsed:?}");
+    assert!(elapsed < Duration::from_secs(6), "{elapsed:?}");
     let b = client.budget("L1").expect("key used");
     assert_eq!((b.burst, b.interval), (100, Duration::from_secs(1)));
     assert_eq!(b.daily_remaining, 200_000 - 250);

@@ -1045,7 +1045,7 @@ pub fn seed(ctx: &mut Ctx<'_>, seed: &mut Seed) -> Result<(), ApiError> {
         )?;
         let oid = str_of(&o, "_id").to_string();
         seed.ids.entry("order").or_default().push(oid.clone());
-        if i % 3 == 2 {
+        if i % 3 == 0 {
             continue; // left unpaid
         }
         let amount = num_of(&o, "amount");
