@@ -3,7 +3,10 @@
 
 mod call;
 mod catalog;
+mod flows;
+mod runs;
 mod sandbox;
+mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -23,6 +26,14 @@ enum Command {
     Call(call::CallArgs),
     /// Run a local HighLevel API v2 emulator (state, auth, rate limits, webhooks, faults).
     Sandbox(sandbox::SandboxArgs),
+    /// Check flow files, run one event through a flow now, run behaviour tests.
+    Flows(flows::FlowsArgs),
+    /// List runs (`--flow`, `--state`, `--json`), or show one with `runs show <id>`.
+    Runs(runs::RunsArgs),
+    /// Enqueue a finished run's event again, or every dead run with `--dead`.
+    Replay(runs::ReplayArgs),
+    /// Run the engine: webhook ingress, contact lookup, workers, polls and schedules.
+    Serve(serve::ServeArgs),
 }
 
 fn init_tracing() {
@@ -42,6 +53,10 @@ async fn main() -> std::process::ExitCode {
         Command::Catalog(args) => catalog::run(args),
         Command::Call(args) => call::run(args).await,
         Command::Sandbox(args) => sandbox::run(args).await,
+        Command::Flows(args) => flows::run(args).await,
+        Command::Runs(args) => runs::run(args).await,
+        Command::Replay(args) => runs::replay(args).await,
+        Command::Serve(args) => serve::run(args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -283,35 +283,116 @@ async fn writer(pool: SqlitePool, mut rx: mpsc::UnboundedReceiver<Batch>) {
 }
 
 async fn commit(pool: &SqlitePool, batches: &[Batch]) -> Result<(), sqlx::Error> {
+    // Only the last change to each document matters for the stored state, so a batch becomes
+    // one multi-row upsert and one multi-row delete: a few statements instead of hundreds.
+    let mut last: IndexMap<(&str, &str), &Write> = IndexMap::new();
+    for w in batches.iter().flat_map(|b| b.writes.iter()) {
+        let key = match w {
+            Write::Put { kind, id, .. } | Write::Delete { kind, id } => (*kind, id.as_str()),
+        };
+        last.shift_remove(&key);
+        last.insert(key, w);
+    }
+    let puts: Vec<(&str, &str, &Doc)> = last
+        .values()
+        .filter_map(|w| match w {
+            Write::Put { kind, id, doc } => Some((*kind, id.as_str(), doc)),
+            Write::Delete { .. } => None,
+        })
+        .collect();
+    let deletes: Vec<(&str, &str)> = last
+        .values()
+        .filter_map(|w| match w {
+            Write::Delete { kind, id } => Some((*kind, id.as_str())),
+            Write::Put { .. } => None,
+        })
+        .collect();
     let mut tx = pool.begin().await?;
-    for batch in batches {
-        for w in &batch.writes {
-            match w {
-                Write::Put { kind, id, doc } => {
-                    sqlx::query(
-                        "INSERT INTO docs (kind, id, location_id, parent_id, body, created_ms)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                         ON CONFLICT (kind, id) DO UPDATE SET location_id = excluded.location_id,
-                           parent_id = excluded.parent_id, body = excluded.body",
-                    )
-                    .bind(*kind)
-                    .bind(id)
-                    .bind(&doc.location_id)
-                    .bind(&doc.parent_id)
-                    .bind(doc.body.to_string())
-                    .bind(doc.created_ms)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                Write::Delete { kind, id } => {
-                    sqlx::query("DELETE FROM docs WHERE kind = ?1 AND id = ?2")
-                        .bind(*kind)
-                        .bind(id)
-                        .execute(&mut *tx)
-                        .await?;
-                }
+    for chunk in puts.chunks(400) {
+        let mut sql = String::from(
+            "INSERT INTO docs (kind, id, location_id, parent_id, body, created_ms) VALUES ",
+        );
+        for i in 0..chunk.len() {
+            if i > 0 {
+                sql.push(',');
             }
+            sql.push_str("(?, ?, ?, ?, ?, ?)");
         }
+        sql.push_str(
+            " ON CONFLICT (kind, id) DO UPDATE SET location_id = excluded.location_id, \
+             parent_id = excluded.parent_id, body = excluded.body",
+        );
+        // Only placeholders are interpolated; every value is bound.
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (kind, id, doc) in chunk {
+            q = q
+                .bind(*kind)
+                .bind(*id)
+                .bind(&doc.location_id)
+                .bind(&doc.parent_id)
+                .bind(doc.body.to_string())
+                .bind(doc.created_ms);
+        }
+        q.execute(&mut *tx).await?;
+    }
+    for chunk in deletes.chunks(400) {
+        let mut sql = String::from("DELETE FROM docs WHERE (kind, id) IN (VALUES ");
+        for i in 0..chunk.len() {
+            if i > 0 {
+                sql.push(',');
+            }
+            sql.push_str("(?, ?)");
+        }
+        sql.push(')');
+        // Only placeholders are interpolated; every value is bound.
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (kind, id) in chunk {
+            q = q.bind(*kind).bind(*id);
+        }
+        q.execute(&mut *tx).await?;
     }
     tx.commit().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn put(id: &str, v: i64) -> Write {
+        Write::Put {
+            kind: "contact",
+            id: id.to_string(),
+            doc: Doc {
+                location_id: Some("loc".into()),
+                parent_id: None,
+                body: Arc::new(json!({ "id": id, "v": v, "emailLowerCase": format!("{id}@x.io") })),
+                created_ms: v,
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn batches_keep_the_last_change_of_each_document() {
+        let dir = std::env::temp_dir().join(format!("hlbridge-store-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("s.db");
+        {
+            let (_, persister) = open(&file).await.expect("open");
+            let del = Write::Delete { kind: "contact", id: "a".into() };
+            persister
+                .persist(vec![put("a", 1), put("b", 2), put("b", 3), del.clone(), put("c", 4)])
+                .await
+                .expect("persist");
+            // Re-creating a deleted document in a later batch works too.
+            persister.persist(vec![put("c", 5), del]).await.expect("persist");
+        }
+        let (docs, _) = open(&file).await.expect("reopen");
+        assert!(docs.get("contact", "a").is_none());
+        assert_eq!(docs.get("contact", "b").map(|d| d.body["v"].clone()), Some(json!(3)));
+        assert_eq!(docs.get("contact", "c").map(|d| d.body["v"].clone()), Some(json!(5)));
+        assert_eq!(docs.find_by("contact", "emailLowerCase", "b@x.io").len(), 1);
+        assert!(docs.find_by("contact", "emailLowerCase", "a@x.io").is_empty());
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }

@@ -1113,7 +1113,8 @@ pub fn seed(ctx: &mut Ctx<'_>, seed: &mut Seed) -> Result<(), ApiError> {
             }
             if call {
                 let duration = seed.rng.random_range(30..400);
-                m["status"] = json!("completed");
+                // The call's own outcome lives in meta.callStatus (CallDataDTO); the message
+                // status keeps to the message enum, which has no "completed".
                 m["meta"] =
                     json!({ "callDuration": duration.to_string(), "callStatus": "completed" });
                 let lines = [
