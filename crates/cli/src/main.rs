@@ -3,6 +3,7 @@
 
 mod call;
 mod catalog;
+mod demo;
 mod flows;
 mod runs;
 mod sandbox;
@@ -20,6 +21,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Try hlbridge: sandbox + engine + ready flows + a stand-in app, a scenario, the results.
+    Demo(demo::DemoArgs),
     /// List the HighLevel operations hlbridge can call (actions and polling triggers).
     Catalog(catalog::CatalogArgs),
     /// Call one HighLevel operation by id and print the JSON response.
@@ -50,6 +53,7 @@ async fn main() -> std::process::ExitCode {
     init_tracing();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Demo(args) => demo::run(args).await,
         Command::Catalog(args) => catalog::run(args),
         Command::Call(args) => call::run(args).await,
         Command::Sandbox(args) => sandbox::run(args).await,

@@ -43,7 +43,12 @@ pub struct ServeArgs {
     #[arg(long, env = "HLBRIDGE_BASE_URL", value_name = "URL")]
     highlevel_base_url: Option<String>,
     /// Private Integration Token of the `default` HighLevel connection.
-    #[arg(long, env = "HLBRIDGE_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    #[arg(
+        long,
+        env = "HLBRIDGE_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
     token: Option<String>,
     /// Location (sub-account) id of the `default` connection.
     #[arg(long, value_name = "ID")]
@@ -105,7 +110,9 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         "" | "s" => Ok(Duration::from_secs(n)),
         "m" | "min" => Ok(Duration::from_secs(n * 60)),
         "h" => Ok(Duration::from_secs(n * 3600)),
-        other => Err(format!("unknown duration unit `{other}` (use ms, s, m or h)")),
+        other => Err(format!(
+            "unknown duration unit `{other}` (use ms, s, m or h)"
+        )),
     }
 }
 
@@ -138,7 +145,8 @@ fn engine_config(args: &ServeArgs) -> Result<EngineConfig> {
     }
     for c in &args.app_connections {
         let (name, url) = pair(c, "--app-connection")?;
-        Url::parse(url).with_context(|| format!("--app-connection {name}: `{url}` is not a URL"))?;
+        Url::parse(url)
+            .with_context(|| format!("--app-connection {name}: `{url}` is not a URL"))?;
         cfg.app_connections.insert(
             name.to_owned(),
             AppConnection {
@@ -152,9 +160,10 @@ fn engine_config(args: &ServeArgs) -> Result<EngineConfig> {
             .split_once(':')
             .ok_or_else(|| anyhow!("--app-header must be NAME:HEADER=VALUE, got `{h}`"))?;
         let (header, value) = pair(header, "--app-header")?;
-        let conn = cfg.app_connections.get_mut(name.trim()).ok_or_else(|| {
-            anyhow!("--app-header {name}: no --app-connection named `{name}`")
-        })?;
+        let conn = cfg
+            .app_connections
+            .get_mut(name.trim())
+            .ok_or_else(|| anyhow!("--app-header {name}: no --app-connection named `{name}`"))?;
         conn.headers.insert(header.to_owned(), value.to_owned());
     }
     cfg.highlevel_webhook_keys = args
@@ -234,7 +243,10 @@ pub async fn run(args: ServeArgs) -> Result<()> {
                     "note: no HighLevel connection is configured; give --token (or HLBRIDGE_TOKEN) for flows that call HighLevel"
                 );
             }
-            bail!("{} error(s) in the flow files; nothing was started", diags.len());
+            bail!(
+                "{} error(s) in the flow files; nothing was started",
+                diags.len()
+            );
         }
         Err(e) => return Err(e).context("loading the flows"),
     };

@@ -26,9 +26,9 @@ fn err(e: ApiError) -> Response {
     e.into_response()
 }
 
-fn parse<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, Response> {
+fn parse<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, ApiError> {
     serde_json::from_slice(body)
-        .map_err(|e| err(ApiError::bad_request(format!("invalid JSON body: {e}"))))
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
 }
 
 #[derive(Deserialize)]
@@ -142,7 +142,7 @@ pub async fn handle(
                 Ok(id) => reply(StatusCode::CREATED, json!({ "id": id })),
                 Err(e) => err(ApiError::unprocessable(vec![e])),
             },
-            Err(r) => r,
+            Err(r) => err(r),
         },
         (Method::DELETE, ["faults"]) => {
             shared.faults.clear();
@@ -171,14 +171,14 @@ pub async fn handle(
                     "url is not a URL: {e}"
                 )])),
             },
-            Err(r) => r,
+            Err(r) => err(r),
         },
         (Method::DELETE, ["webhooks"]) => match parse::<WebhookBody>(body) {
             Ok(b) => {
                 shared.delivery.remove_url(&b.url);
                 reply(StatusCode::OK, json!({ "urls": shared.delivery.urls() }))
             }
-            Err(r) => r,
+            Err(r) => err(r),
         },
         (Method::PUT, ["webhooks", "policy"]) => match parse::<PolicyBody>(body) {
             Ok(b) => {
@@ -194,7 +194,7 @@ pub async fn handle(
                 shared.delivery.set_policy(policy);
                 reply(StatusCode::OK, json!({ "retry": policy }))
             }
-            Err(r) => r,
+            Err(r) => err(r),
         },
         (Method::GET, ["webhooks", "log"]) => reply(StatusCode::OK, json!(shared.delivery.log())),
         (Method::GET, ["rate-limit"]) => {
@@ -226,7 +226,7 @@ pub async fn handle(
                     json!({ "enabled": c.enabled, "burst": c.burst, "intervalMs": c.interval.as_millis() as u64, "daily": c.daily }),
                 )
             }
-            Err(r) => r,
+            Err(r) => err(r),
         },
         (Method::POST, ["rate-limit", "exhaust-daily"]) => match parse::<ExhaustBody>(body) {
             Ok(b) => {
@@ -239,7 +239,7 @@ pub async fn handle(
                     json!({ "exhausted": format!("{app}:{}", b.location_id) }),
                 )
             }
-            Err(r) => r,
+            Err(r) => err(r),
         },
         (Method::POST, ["tokens"]) => match parse::<TokenBody>(body) {
             Ok(b) => {
@@ -271,7 +271,7 @@ pub async fn handle(
                     Err(e) => err(e),
                 }
             }
-            Err(r) => r,
+            Err(r) => err(r),
         },
         (Method::PATCH, ["locations", location, "settings"]) => match parse::<Value>(body) {
             Ok(patch) => {
@@ -298,7 +298,7 @@ pub async fn handle(
                     Err(e) => err(e),
                 }
             }
-            Err(r) => r,
+            Err(r) => err(r),
         },
         _ => err(ApiError::new(
             404,

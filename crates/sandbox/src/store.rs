@@ -379,20 +379,41 @@ mod tests {
         let file = dir.join("s.db");
         {
             let (_, persister) = open(&file).await.expect("open");
-            let del = Write::Delete { kind: "contact", id: "a".into() };
+            let del = Write::Delete {
+                kind: "contact",
+                id: "a".into(),
+            };
             persister
-                .persist(vec![put("a", 1), put("b", 2), put("b", 3), del.clone(), put("c", 4)])
+                .persist(vec![
+                    put("a", 1),
+                    put("b", 2),
+                    put("b", 3),
+                    del.clone(),
+                    put("c", 4),
+                ])
                 .await
                 .expect("persist");
             // Re-creating a deleted document in a later batch works too.
-            persister.persist(vec![put("c", 5), del]).await.expect("persist");
+            persister
+                .persist(vec![put("c", 5), del])
+                .await
+                .expect("persist");
         }
         let (docs, _) = open(&file).await.expect("reopen");
         assert!(docs.get("contact", "a").is_none());
-        assert_eq!(docs.get("contact", "b").map(|d| d.body["v"].clone()), Some(json!(3)));
-        assert_eq!(docs.get("contact", "c").map(|d| d.body["v"].clone()), Some(json!(5)));
+        assert_eq!(
+            docs.get("contact", "b").map(|d| d.body["v"].clone()),
+            Some(json!(3))
+        );
+        assert_eq!(
+            docs.get("contact", "c").map(|d| d.body["v"].clone()),
+            Some(json!(5))
+        );
         assert_eq!(docs.find_by("contact", "emailLowerCase", "b@x.io").len(), 1);
-        assert!(docs.find_by("contact", "emailLowerCase", "a@x.io").is_empty());
+        assert!(
+            docs.find_by("contact", "emailLowerCase", "a@x.io")
+                .is_empty()
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 }

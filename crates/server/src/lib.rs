@@ -29,7 +29,7 @@ use hlbridge_engine::{Engine, HighLevelApi};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use lookup::{ContactLookup, LookupConfig, LookupError, LookupKey, LookupStats, Looked};
+pub use lookup::{ContactLookup, Looked, LookupConfig, LookupError, LookupKey, LookupStats};
 pub use metrics::{IngressCounts, Metrics};
 pub use routes::router;
 
@@ -182,10 +182,7 @@ impl ServerState {
     /// A snapshot of every counter.
     pub fn metrics(&self) -> Metrics {
         Metrics {
-            highlevel: self
-                .inner
-                .ingress
-                .snapshot(metrics::Source::HighLevel),
+            highlevel: self.inner.ingress.snapshot(metrics::Source::HighLevel),
             app: self.inner.ingress.snapshot(metrics::Source::App),
             lookup: self.inner.lookup.stats(),
         }

@@ -342,7 +342,10 @@ impl ContactLookup {
             }
             match st.inflight.get(&key) {
                 Some((_, p)) => {
-                    self.inner.counters.coalesced.fetch_add(1, Ordering::Relaxed);
+                    self.inner
+                        .counters
+                        .coalesced
+                        .fetch_add(1, Ordering::Relaxed);
                     p.clone()
                 }
                 None => {
@@ -390,7 +393,10 @@ impl ContactLookup {
                 .fetch_add(1, Ordering::Relaxed);
         }
         if refresh && (had || fetching) {
-            self.inner.counters.refreshes.fetch_add(1, Ordering::Relaxed);
+            self.inner
+                .counters
+                .refreshes
+                .fetch_add(1, Ordering::Relaxed);
             // Replaces a fetch that began before this change: later lookups join the new one.
             drop(Inner::start_fetch(&self.inner, &mut st, key));
         }
@@ -580,11 +586,14 @@ mod tests {
             params: Value,
         ) -> BoxFuture<'a, Result<Value, StepError>> {
             Box::pin(async move {
-                let contact = json!({"id": "c1", "email": "Ada@Example.com", "firstName": *self.name.lock()});
+                let contact =
+                    json!({"id": "c1", "email": "Ada@Example.com", "firstName": *self.name.lock()});
                 self.calls.fetch_add(1, Ordering::SeqCst);
                 tokio::task::yield_now().await;
                 match op.id {
-                    "contacts.get" if params["contactId"] == "c1" => Ok(json!({ "contact": contact })),
+                    "contacts.get" if params["contactId"] == "c1" => {
+                        Ok(json!({ "contact": contact }))
+                    }
                     "contacts.get" => Err(StepError::http(404, "Contact not found", None)),
                     "contacts.find_duplicate" if params["email"] == "ada@example.com" => {
                         let hold = self.hold.lock().clone();
@@ -685,12 +694,19 @@ mod tests {
         assert!(again.cached, "the refreshed entry is cached");
         assert_eq!(fake.calls.load(Ordering::SeqCst), 6);
         // Other events and other contacts leave it alone.
-        assert_eq!(lookup.on_event(&json!({"type": "AppointmentCreate", "contactId": "c1"})), None);
+        assert_eq!(
+            lookup.on_event(&json!({"type": "AppointmentCreate", "contactId": "c1"})),
+            None
+        );
         assert!(!lookup.invalidate("c2", true));
         assert!(lookup.lookup(key.clone()).await.expect("found").cached);
         lookup.on_event(&json!({"type": "ContactDelete", "id": "c1"}));
         assert_eq!(lookup.stats().entries, 0);
-        assert_eq!(fake.calls.load(Ordering::SeqCst), 6, "no refetch after a delete");
+        assert_eq!(
+            fake.calls.load(Ordering::SeqCst),
+            6,
+            "no refetch after a delete"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -702,7 +718,11 @@ mod tests {
         let lookup = lookup_with(&fake, Duration::from_secs(30));
         let first = tokio::spawn({
             let lookup = lookup.clone();
-            async move { lookup.lookup(LookupKey::email("ada@example.com").expect("key")).await }
+            async move {
+                lookup
+                    .lookup(LookupKey::email("ada@example.com").expect("key"))
+                    .await
+            }
         });
         while fake.calls.load(Ordering::SeqCst) == 0 {
             tokio::task::yield_now().await;
@@ -713,7 +733,10 @@ mod tests {
         lookup.invalidate("c1", true);
         gate.notify_one();
         let got = first.await.expect("task").expect("answered");
-        assert_eq!(got.value["contact"]["firstName"], "Old", "its callers get the read");
+        assert_eq!(
+            got.value["contact"]["firstName"], "Old",
+            "its callers get the read"
+        );
         let later = lookup
             .lookup(LookupKey::id("c1").expect("key"))
             .await

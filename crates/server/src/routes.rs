@@ -70,7 +70,10 @@ impl FromRequestParts<ServerState> for LookupAuthorized {
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
             .map(str::trim);
         match given {
             Some(t) if ct_eq(t.as_bytes(), expected.as_bytes()) => Ok(LookupAuthorized),
@@ -167,9 +170,7 @@ async fn highlevel_hook(
             let duplicate = runs.is_empty() && listeners > 0;
             if duplicate {
                 let id = event.get("webhookId").and_then(Value::as_str);
-                state
-                    .ingress()
-                    .duplicate(Source::HighLevel, peer, None, id);
+                state.ingress().duplicate(Source::HighLevel, peer, None, id);
             } else {
                 state.ingress().accepted(Source::HighLevel, runs.len());
                 state.lookup().on_event(&event);

@@ -2,6 +2,8 @@
 //! answers `200 {"ok": true}` (or a status set for tests). It plays EcoSend in
 //! `hlbridge demo` and the app in behaviour tests, and doubles as a webhook catcher.
 //!
+//! `GET /_received` lists what it received so far (that request is not recorded).
+//!
 //! With a [`Sender`], it can also send events to hlbridge the way an app does:
 //! `POST /send/<flow>` with a JSON body is signed (HMAC-SHA256 of the body, hex, in
 //! `x-signature`) and forwarded to `<server>/hooks/app/<flow>`; such requests are not
@@ -225,6 +227,10 @@ async fn handle(
     body: Bytes,
 ) -> Response {
     let path = uri.path().to_owned();
+    if method == Method::GET && path == "/_received" {
+        let all = state.received.lock().clone();
+        return (StatusCode::OK, axum::Json(json!(all))).into_response();
+    }
     if method == Method::POST
         && let Some(flow) = path.strip_prefix("/send/").filter(|f| !f.is_empty())
     {

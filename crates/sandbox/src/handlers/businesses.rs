@@ -4,9 +4,6 @@
 //! Create and update answer `{success, buiseness}` — the spec's spelling, which it marks
 //! required; the same object is also given as `business` for clients that expect the word.
 
-// `ApiError` (HighLevel's error body) is large; handlers return it by value like every module.
-#![allow(clippy::result_large_err)]
-
 use std::collections::HashMap;
 use std::sync::Arc;
 

@@ -12,9 +12,6 @@
 //! AppointmentCreate / AppointmentUpdate / AppointmentDelete webhooks carry the documented
 //! `{type, locationId, appointment: {…}}` payload.
 
-// `ApiError` (owned by the crate) is larger than clippy's threshold; every handler returns it.
-#![allow(clippy::result_large_err)]
-
 mod demo;
 mod slots;
 #[cfg(test)]

@@ -726,8 +726,9 @@ fn filter_matches(c: &Value, f: &Value) -> Result<bool, ApiError> {
         "not_contains" => !have.is_some_and(|h| as_cmp_string(h).contains(&as_cmp_string(&want))),
         "exists" => have
             .is_some_and(|h| !(h.as_str() == Some("") || h.as_array().is_some_and(Vec::is_empty))),
-        "not_exists" => !have
-            .is_some_and(|h| !(h.as_str() == Some("") || h.as_array().is_some_and(Vec::is_empty))),
+        "not_exists" => {
+            have.is_none_or(|h| h.as_str() == Some("") || h.as_array().is_some_and(Vec::is_empty))
+        }
         "range" => {
             let h = have.and_then(num_or_time);
             let bound = |k: &str| want.get(k).and_then(num_or_time);
@@ -1018,7 +1019,7 @@ fn task_event(kind: &str, location_id: &str, t: &Value) -> Value {
     p
 }
 
-fn task_of<'c>(ctx: &'c Ctx<'_>, req: &Req) -> Result<(Arc<Value>, Arc<Value>), ApiError> {
+fn task_of(ctx: &Ctx<'_>, req: &Req) -> Result<(Arc<Value>, Arc<Value>), ApiError> {
     let cid = req.path("contactId")?;
     let c = contact(ctx, req, cid)?;
     let tid = req.path("taskId")?;

@@ -9,9 +9,6 @@
 //! Conversations are stored with their contact as parent, messages and emails with their
 //! conversation as parent, transcriptions with their message as parent.
 
-// `ApiError` (HighLevel's error body) is large; handlers return it by value like every module.
-#![allow(clippy::result_large_err)]
-
 use std::collections::HashMap;
 use std::sync::Arc;
 

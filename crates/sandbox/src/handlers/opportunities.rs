@@ -6,9 +6,6 @@
 //! Opportunities are stored with the contact as parent, so a contact's opportunities can be
 //! found (and removed with it) through [`Ctx::children`].
 
-// `ApiError` (HighLevel's error body) is large; handlers return it by value like every module.
-#![allow(clippy::result_large_err)]
-
 use std::collections::HashMap;
 use std::sync::Arc;
 

@@ -9,9 +9,6 @@
 //! keeps the record, which `filter-by-email` with `deleted: true` still finds); every other read
 //! answers 404 for it.
 
-// `ApiError` (HighLevel's error body) is large; handlers return it by value like every module.
-#![allow(clippy::result_large_err)]
-
 use std::collections::HashMap;
 use std::sync::Arc;
 

@@ -3,9 +3,6 @@
 //! comes from `--seed demo`. Contact enrolment (in the contacts module) checks that documents
 //! of kinds [`WORKFLOW`] and [`CAMPAIGN`] exist in the location.
 
-// `ApiError` (HighLevel's error body) is large; handlers return it by value like every module.
-#![allow(clippy::result_large_err)]
-
 use std::collections::HashMap;
 
 use rand::Rng;

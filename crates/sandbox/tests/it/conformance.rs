@@ -7,6 +7,7 @@
 //! The consistency walks (create → read → update → read → delete → 404) are in
 //! `consistency.rs`; they share the request building of this module.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,7 +32,8 @@ pub struct Data {
     /// document's parent, "fields": params set from body fields, "where": body fields the
     /// document must have }`, by op id prefix (longest wins; `*` for every op).
     ids: BTreeMap<String, BTreeMap<String, IdRule>>,
-    /// Values for required query parameters by name (`$location`, `$company`, `$now`, `$week` expand).
+    /// Values for required query parameters by name (`$location`, `$company`, `$now`, `$week`,
+    /// `$unique`, `$doc:kind` expand); the spec's example is the fallback.
     query: BTreeMap<String, Value>,
     /// Per-operation extra query parameters and body fields (merged over the spec example).
     requests: BTreeMap<String, Override>,
@@ -59,7 +61,6 @@ struct IdRule {
 pub struct Override {
     /// Why the spec-built request is not enough (a spec bug in the request, a needed id, …).
     #[serde(default)]
-    #[allow(dead_code)]
     reason: Option<String>,
     #[serde(default)]
     query: Map<String, Value>,
@@ -96,15 +97,28 @@ pub struct SpecBug {
     /// nullable).
     #[serde(default)]
     patch: BTreeMap<String, Value>,
-    /// The response schema when the spec has none: the shape HighLevel documents (may `$ref`
-    /// the operation's spec).
+    /// The response schema when the spec has none, or one that describes another object
+    /// entirely: the shape HighLevel documents (may `$ref` the operation's spec, or another
+    /// service's as `contacts.json#/…`).
     #[serde(default)]
     schema: Option<Value>,
 }
 
+impl Override {
+    /// Sets a body field (over the spec example).
+    pub fn set_body(&mut self, key: &str, value: Value) {
+        self.remove.retain(|k| k != key);
+        self.body.insert(key.to_string(), value);
+    }
+}
+
 impl SpecBug {
     fn has_effect(&self) -> bool {
-        self.skip_schema || self.at.is_some() || self.each || !self.patch.is_empty() || self.schema.is_some()
+        self.skip_schema
+            || self.at.is_some()
+            || self.each
+            || !self.patch.is_empty()
+            || self.schema.is_some()
     }
 }
 
@@ -120,7 +134,10 @@ impl<'d> Bugs<'d> {
     }
 
     fn at(&self) -> &'d str {
-        self.entries.iter().find_map(|b| b.at.as_deref()).unwrap_or("")
+        self.entries
+            .iter()
+            .find_map(|b| b.at.as_deref())
+            .unwrap_or("")
     }
 
     fn each(&self) -> bool {
@@ -137,6 +154,11 @@ impl<'d> Bugs<'d> {
 }
 
 impl Data {
+    /// The request override of an operation (none: the request built from the spec alone).
+    pub fn request(&self, op_id: &str) -> Override {
+        self.requests.get(op_id).cloned().unwrap_or_default()
+    }
+
     /// The spec bug entries that name `op_id`.
     pub fn bugs(&self, op_id: &str) -> Bugs<'_> {
         self.bugs_except(op_id, None)
@@ -145,7 +167,12 @@ impl Data {
     /// The spec bug entries that name `op_id`, but the one keyed `except`.
     fn bugs_except(&self, op_id: &str, except: Option<&str>) -> Bugs<'_> {
         Bugs {
-            entries: self.spec_bugs.iter().filter(|(k, _)| Some(k.as_str()) != except && bug_ops(k).any(|id| id == op_id)).map(|(_, b)| b).collect(),
+            entries: self
+                .spec_bugs
+                .iter()
+                .filter(|(k, _)| Some(k.as_str()) != except && bug_ops(k).any(|id| id == op_id))
+                .map(|(_, b)| b)
+                .collect(),
         }
     }
 }
@@ -156,13 +183,25 @@ fn bug_ops(key: &str) -> impl Iterator<Item = &str> {
 }
 
 pub fn load_data() -> Data {
-    let text = std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/conformance.json"))
-        .expect("tests/data/conformance.json");
+    let text = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/conformance.json"),
+    )
+    .expect("tests/data/conformance.json");
     serde_json::from_str(&text).expect("conformance.json parses")
 }
 
 /// Keywords whose value is one schema.
-const SUBSCHEMA: &[&str] = &["items", "additionalProperties", "additionalItems", "not", "contains", "propertyNames", "if", "then", "else"];
+const SUBSCHEMA: &[&str] = &[
+    "items",
+    "additionalProperties",
+    "additionalItems",
+    "not",
+    "contains",
+    "propertyNames",
+    "if",
+    "then",
+    "else",
+];
 /// Keywords whose value is a list of schemas.
 const SUBSCHEMA_LISTS: &[&str] = &["allOf", "anyOf", "oneOf"];
 /// Keywords whose value maps names to schemas (the names are data, not keywords).
@@ -216,12 +255,21 @@ impl Specs {
         for entry in std::fs::read_dir(&dir).expect("spec dir") {
             let path = entry.expect("entry").path();
             if path.extension().is_some_and(|e| e == "json") {
-                let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
-                let v: Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("json");
+                let name = path
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .unwrap_or_default()
+                    .to_string();
+                let v: Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("read"))
+                    .expect("json");
                 apps.insert(name, v);
             }
         }
-        let common = serde_json::from_str(&std::fs::read_to_string(shared_dir().join("openapi/common/common-schemas.json")).expect("common")).expect("json");
+        let common = serde_json::from_str(
+            &std::fs::read_to_string(shared_dir().join("openapi/common/common-schemas.json"))
+                .expect("common"),
+        )
+        .expect("json");
         Specs { apps, common }
     }
 
@@ -235,17 +283,37 @@ impl Specs {
         // Copies of the spec documents that `app#/pointer` patches change.
         let mut patched: HashMap<String, Value> = HashMap::new();
         for (pointer, replacement) in bugs.patches() {
-            let Some((app, p)) = pointer.split_once('#') else { continue };
-            let app = if app.is_empty() { op.spec } else { app.trim_end_matches(".json") };
-            if !patched.contains_key(app) {
-                let doc = self.apps.get(app).ok_or_else(|| format!("patch {pointer}: no spec {app}"))?;
-                patched.insert(app.to_string(), doc.clone());
-            }
-            let doc = patched.get_mut(app).ok_or("unreachable")?;
-            patch(doc, p, (!replacement.is_null()).then(|| replacement.clone())).map_err(|e| format!("patch {pointer}: {e}"))?;
+            let Some((app, p)) = pointer.split_once('#') else {
+                continue;
+            };
+            let app = if app.is_empty() {
+                op.spec
+            } else {
+                app.trim_end_matches(".json")
+            };
+            let doc = match patched.entry(app.to_string()) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(e) => {
+                    let original = self
+                        .apps
+                        .get(app)
+                        .ok_or_else(|| format!("patch {pointer}: no spec {app}"))?;
+                    e.insert(original.clone())
+                }
+            };
+            patch(
+                doc,
+                p,
+                (!replacement.is_null()).then(|| replacement.clone()),
+            )
+            .map_err(|e| format!("patch {pointer}: {e}"))?;
         }
         let view = SpecView {
-            apps: self.apps.iter().map(|(k, v)| (k.as_str(), patched.get(k).unwrap_or(v))).collect(),
+            apps: self
+                .apps
+                .iter()
+                .map(|(k, v)| (k.as_str(), patched.get(k).unwrap_or(v)))
+                .collect(),
             common: &self.common,
         };
         let spec = view.apps[op.spec];
@@ -264,7 +332,8 @@ impl Specs {
                 Value::Object(_) => Some(view.inline(spec, replacement, &mut Vec::new())),
                 other => Some(other.clone()),
             };
-            patch(&mut schema, pointer, replacement).map_err(|e| format!("patch {pointer}: {e}"))?;
+            patch(&mut schema, pointer, replacement)
+                .map_err(|e| format!("patch {pointer}: {e}"))?;
         }
         optional_nullable(&mut schema);
         Ok(Some(schema))
@@ -272,16 +341,28 @@ impl Specs {
 
     /// The example (or default, or first enum value) the spec gives a parameter.
     fn param_example(&self, op: &Operation, name: &str) -> Option<Value> {
-        let p = self.op(op).get("parameters")?.as_array()?.iter().find(|p| p["name"] == name)?;
+        let p = self
+            .op(op)
+            .get("parameters")?
+            .as_array()?
+            .iter()
+            .find(|p| p["name"] == name)?;
         let s = &p["schema"];
-        p.get("example").or_else(|| s.get("example")).or_else(|| s.get("default")).or_else(|| s.pointer("/enum/0")).cloned()
+        p.get("example")
+            .or_else(|| s.get("example"))
+            .or_else(|| s.get("default"))
+            .or_else(|| s.pointer("/enum/0"))
+            .cloned()
     }
 
     /// A body from the spec: every property's example (required ones at least); for an array
     /// body, a list of one such object.
     fn example_body(&self, op: &Operation) -> Value {
         let spec = &self.apps[op.spec];
-        match self.op(op).pointer("/requestBody/content/application~1json/schema") {
+        match self
+            .op(op)
+            .pointer("/requestBody/content/application~1json/schema")
+        {
             Some(schema) => example_of(spec, schema),
             None => json!({}),
         }
@@ -291,20 +372,44 @@ impl Specs {
 fn example_of(spec: &Value, schema: &Value) -> Value {
     let mut resolved = resolve(spec, schema);
     // `allOf: [$ref]` is how the specs say "this DTO" with a description beside it.
-    if let Some(first) = resolved.pointer("/allOf/0").filter(|_| resolved.get("properties").is_none()) {
+    if let Some(first) = resolved
+        .pointer("/allOf/0")
+        .filter(|_| resolved.get("properties").is_none())
+    {
         resolved = resolve(spec, first);
     }
     if resolved.get("type").and_then(Value::as_str) == Some("array") {
-        return json!([example_of(spec, resolved.get("items").unwrap_or(&json!({})))]);
+        return json!([example_of(
+            spec,
+            resolved.get("items").unwrap_or(&json!({}))
+        )]);
     }
-    let required: Vec<&str> = resolved.get("required").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect();
+    let required: Vec<&str> = resolved
+        .get("required")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
     let mut body = Map::new();
-    for (name, prop) in resolved.get("properties").and_then(Value::as_object).into_iter().flatten() {
+    for (name, prop) in resolved
+        .get("properties")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+    {
         let mut prop = resolve(spec, prop);
-        if let Some(first) = prop.pointer("/allOf/0").filter(|_| prop.get("properties").is_none()) {
+        if let Some(first) = prop
+            .pointer("/allOf/0")
+            .filter(|_| prop.get("properties").is_none())
+        {
             prop = resolve(spec, first);
         }
-        let example = prop.get("example").cloned().or_else(|| prop.get("default").cloned()).or_else(|| prop.get("enum").and_then(|e| e.get(0)).cloned());
+        let example = prop
+            .get("example")
+            .cloned()
+            .or_else(|| prop.get("default").cloned())
+            .or_else(|| prop.get("enum").and_then(|e| e.get(0)).cloned());
         match example {
             Some(e) => {
                 body.insert(name.clone(), e);
@@ -337,10 +442,17 @@ impl SpecView<'_> {
                 if let Some(r) = m.get("$ref").and_then(Value::as_str) {
                     let (doc, pointer) = match r.split_once('#') {
                         Some(("", p)) => (spec, p),
-                        Some((file, p)) if file.ends_with("common-schemas.json") => (self.common, p),
+                        Some((file, p)) if file.ends_with("common-schemas.json") => {
+                            (self.common, p)
+                        }
                         // `contacts.json#/…`: a schema of another service's spec (used by the
                         // schemas the test data supplies).
-                        Some((file, p)) => match self.apps.get(file.rsplit('/').next().unwrap_or(file).trim_end_matches(".json")) {
+                        Some((file, p)) => match self.apps.get(
+                            file.rsplit('/')
+                                .next()
+                                .unwrap_or(file)
+                                .trim_end_matches(".json"),
+                        ) {
                             Some(app) => (*app, p),
                             None => panic!("unsupported $ref {r}"),
                         },
@@ -351,7 +463,9 @@ impl SpecView<'_> {
                         // A recursive schema: accept anything below the second occurrence.
                         return json!({});
                     }
-                    let target = doc.pointer(pointer).unwrap_or_else(|| panic!("$ref {r} does not resolve"));
+                    let target = doc
+                        .pointer(pointer)
+                        .unwrap_or_else(|| panic!("$ref {r} does not resolve"));
                     stack.push(key);
                     let out = self.inline(doc, target, stack);
                     stack.pop();
@@ -371,42 +485,46 @@ impl SpecView<'_> {
             _ => json!({}),
         }
     }
-
 }
 
 /// The first 2xx response's JSON schema of `op` in its spec.
 fn spec_success_schema<'s>(spec: &'s Value, op: &Operation) -> Option<&'s Value> {
-    let responses = spec["paths"][op.path][op.method.as_str().to_lowercase()].get("responses")?.as_object()?;
+    let responses = spec["paths"][op.path][op.method.as_str().to_lowercase()]
+        .get("responses")?
+        .as_object()?;
     let mut codes: Vec<&String> = responses.keys().filter(|c| c.starts_with('2')).collect();
     codes.sort();
-    codes.into_iter().find_map(|code| responses[code].pointer("/content/application~1json/schema"))
+    codes
+        .into_iter()
+        .find_map(|code| responses[code].pointer("/content/application~1json/schema"))
 }
 
-/// Replaces (or with `None` removes) the value at `pointer`; its parent must exist.
+/// Replaces (or with `None` removes) the value at `pointer`, which must exist: a patch fixes a
+/// wrong bit of the spec, so a pointer to nothing is a mistake in the test data.
 fn patch(schema: &mut Value, pointer: &str, replacement: Option<Value>) -> Result<(), String> {
     let (parent, last) = pointer.rsplit_once('/').ok_or("not a JSON pointer")?;
     let last = last.replace("~1", "/").replace("~0", "~");
-    let target = schema.pointer_mut(parent).ok_or_else(|| format!("the schema has nothing at {parent}"))?;
-    match (target, replacement) {
-        (Value::Object(m), Some(r)) => {
-            m.insert(last, r);
-        }
-        (Value::Object(m), None) => {
-            m.remove(&last).ok_or_else(|| format!("the schema has nothing at {pointer}"))?;
-        }
-        (Value::Array(a), r) => {
-            let i: usize = last.parse().map_err(|_| format!("{last} is not an index"))?;
-            if i >= a.len() {
-                return Err(format!("the schema has nothing at {pointer}"));
+    let missing = || format!("the schema has nothing at {pointer}");
+    match schema.pointer_mut(parent).ok_or_else(missing)? {
+        Value::Object(m) => match replacement {
+            Some(r) => *m.get_mut(&last).ok_or_else(missing)? = r,
+            None => {
+                m.remove(&last).ok_or_else(missing)?;
             }
-            match r {
+        },
+        Value::Array(a) => {
+            let i: usize = last.parse().map_err(|_| missing())?;
+            if i >= a.len() {
+                return Err(missing());
+            }
+            match replacement {
                 Some(r) => a[i] = r,
                 None => {
                     a.remove(i);
                 }
             }
         }
-        _ => return Err(format!("{parent} is not an object or array")),
+        _ => return Err(missing()),
     }
     Ok(())
 }
@@ -416,7 +534,14 @@ fn patch(schema: &mut Value, pointer: &str, replacement: Option<Value>) -> Resul
 fn optional_nullable(v: &mut Value) {
     let Value::Object(m) = v else { return };
     each_subschema(m, &mut optional_nullable);
-    let required: Vec<String> = m.get("required").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).map(str::to_string).collect();
+    let required: Vec<String> = m
+        .get("required")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(str::to_string)
+        .collect();
     if let Some(Value::Object(props)) = m.get_mut("properties") {
         for (name, p) in props.iter_mut() {
             if !required.contains(name) {
@@ -430,7 +555,9 @@ fn resolve(spec: &Value, v: &Value) -> Value {
     let mut cur = v.clone();
     for _ in 0..10 {
         match cur.get("$ref").and_then(Value::as_str) {
-            Some(r) if r.starts_with("#/") => cur = spec.pointer(&r[1..]).cloned().unwrap_or(json!({})),
+            Some(r) if r.starts_with("#/") => {
+                cur = spec.pointer(&r[1..]).cloned().unwrap_or(json!({}))
+            }
             _ => break,
         }
     }
@@ -506,13 +633,29 @@ pub fn expand(v: &Value, env: &Env) -> Value {
 /// Picks ids for `names` (path params, and body fields that have a rule); `last` picks the
 /// newest matching document (destructive calls), else the oldest. Names without a rule are an
 /// error when `required`, else skipped.
-fn pick_ids(env: &Env, data: &Data, op: &Operation, names: &[&str], required: bool, last: bool, out: &mut HashMap<String, String>) -> Result<(), String> {
+fn pick_ids(
+    env: &Env,
+    data: &Data,
+    op: &Operation,
+    names: &[&str],
+    required: bool,
+    last: bool,
+    out: &mut HashMap<String, String>,
+) -> Result<(), String> {
     let rules = rule_for(data, op);
     let docs = env.sandbox.shared().docs.read();
     let loc = env.info.location_id.clone();
     // Rules that set other params from the chosen document go first.
     let mut names: Vec<&str> = names.to_vec();
-    names.sort_by_key(|n| rules.get(*n).map_or(1, |r| if r.parent.is_some() || !r.fields.is_empty() { 0 } else { 1 }));
+    names.sort_by_key(|n| {
+        rules.get(*n).map_or(1, |r| {
+            if r.parent.is_some() || !r.fields.is_empty() {
+                0
+            } else {
+                1
+            }
+        })
+    });
     for name in names {
         if out.contains_key(name) {
             continue;
@@ -537,18 +680,34 @@ fn pick_ids(env: &Env, data: &Data, op: &Operation, names: &[&str], required: bo
             .iter(&rule.kind)
             .filter(|(_, d)| d.location_id.as_deref().is_none_or(|l| l == loc))
             .filter(|(_, d)| rule.parent.is_none() || d.parent_id.is_some())
-            .filter(|(_, d)| rule.fields.values().all(|f| d.body.get(f).is_some_and(|v| !v.is_null())))
-            .filter(|(_, d)| rule.where_.iter().all(|(f, want)| d.body.pointer(f).or_else(|| d.body.get(f)) == Some(want)))
+            .filter(|(_, d)| {
+                rule.fields
+                    .values()
+                    .all(|f| d.body.get(f).is_some_and(|v| !v.is_null()))
+            })
+            .filter(|(_, d)| {
+                rule.where_
+                    .iter()
+                    .all(|(f, want)| d.body.pointer(f).or_else(|| d.body.get(f)) == Some(want))
+            })
             .collect();
-        let pick = if last { candidates.last() } else { candidates.first() };
-        let (id, doc) = pick.ok_or_else(|| format!("no seeded document of kind {} for {{{name}}}", rule.kind))?;
+        let pick = if last {
+            candidates.last()
+        } else {
+            candidates.first()
+        };
+        let (id, doc) =
+            pick.ok_or_else(|| format!("no seeded document of kind {} for {{{name}}}", rule.kind))?;
         out.insert(name.into(), (*id).clone());
         if let (Some(parent), Some(pid)) = (&rule.parent, &doc.parent_id) {
             out.insert(parent.clone(), pid.clone());
         }
         for (param, field) in &rule.fields {
             if let Some(v) = doc.body.get(field) {
-                out.insert(param.clone(), v.as_str().map_or_else(|| v.to_string(), str::to_string));
+                out.insert(
+                    param.clone(),
+                    v.as_str().map_or_else(|| v.to_string(), str::to_string),
+                );
             }
         }
     }
@@ -557,10 +716,12 @@ fn pick_ids(env: &Env, data: &Data, op: &Operation, names: &[&str], required: bo
 
 fn build_path(path: &str, params: &HashMap<String, String>) -> String {
     path.split('/')
-        .map(|seg| match seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
-            Some(name) => params.get(name).cloned().unwrap_or_default(),
-            None => seg.to_string(),
-        })
+        .map(
+            |seg| match seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                Some(name) => params.get(name).cloned().unwrap_or_default(),
+                None => seg.to_string(),
+            },
+        )
         .collect::<Vec<_>>()
         .join("/")
 }
@@ -579,41 +740,78 @@ pub struct Exchange {
 
 /// Builds the request of `op` from the spec and the test data, sends it, and returns the
 /// exchange.
-pub async fn call_op(env: &Env, data: &Data, specs: &Specs, op: &'static Operation, destructive: bool) -> Result<Exchange, String> {
+pub async fn call_op(
+    env: &Env,
+    data: &Data,
+    specs: &Specs,
+    op: &'static Operation,
+    destructive: bool,
+) -> Result<Exchange, String> {
     let ov = data.requests.get(op.id).cloned().unwrap_or_default();
     call_with(env, data, specs, op, destructive, &ov, &HashMap::new()).await
 }
 
 /// Like [`call_op`], with the override given and some params fixed by the caller.
-pub async fn call_with(env: &Env, data: &Data, specs: &Specs, op: &'static Operation, destructive: bool, ov: &Override, fixed: &HashMap<String, String>) -> Result<Exchange, String> {
+pub async fn call_with(
+    env: &Env,
+    data: &Data,
+    specs: &Specs,
+    op: &'static Operation,
+    destructive: bool,
+    ov: &Override,
+    fixed: &HashMap<String, String>,
+) -> Result<Exchange, String> {
     let mut params = fixed.clone();
     let path_names: Vec<&str> = op.path_params().collect();
     pick_ids(env, data, op, &path_names, true, destructive, &mut params)?;
-    let query_names: Vec<&str> = op.params.iter().filter(|p| p.location == ParamIn::Query && p.required && !data.query.contains_key(p.name)).map(|p| p.name).collect();
+    let query_names: Vec<&str> = op
+        .params
+        .iter()
+        .filter(|p| p.location == ParamIn::Query && p.required && !data.query.contains_key(p.name))
+        .map(|p| p.name)
+        .collect();
     pick_ids(env, data, op, &query_names, false, destructive, &mut params)?;
     let mut query: Vec<(String, String)> = Vec::new();
-    for p in op.params.iter().filter(|p| p.location == ParamIn::Query && p.required) {
+    for p in op
+        .params
+        .iter()
+        .filter(|p| p.location == ParamIn::Query && p.required)
+    {
         if ov.query.contains_key(p.name) {
             continue;
         }
         let v = params
             .get(p.name)
             .map(|s| json!(s))
-            .or_else(|| data.query.get(p.name).map(|v| resolve_refs_in(v, env, &params)))
+            .or_else(|| {
+                data.query
+                    .get(p.name)
+                    .map(|v| resolve_refs_in(v, env, &params))
+            })
             .or_else(|| specs.param_example(op, p.name));
         match v {
-            Some(v) => query.push((p.name.to_string(), v.as_str().map_or_else(|| v.to_string(), str::to_string))),
+            Some(v) => query.push((
+                p.name.to_string(),
+                v.as_str().map_or_else(|| v.to_string(), str::to_string),
+            )),
             None => return Err(format!("no value for required query parameter {}", p.name)),
         }
     }
     for (k, v) in &ov.query {
         let v = resolve_refs_in(v, env, &params);
-        query.push((k.clone(), v.as_str().map_or_else(|| v.to_string(), str::to_string)));
+        query.push((
+            k.clone(),
+            v.as_str().map_or_else(|| v.to_string(), str::to_string),
+        ));
     }
     let body = if op.method == Method::Get {
         None
     } else {
-        let mut body = if ov.replace_body { json!({}) } else { specs.example_body(op) };
+        let mut body = if ov.replace_body {
+            json!({})
+        } else {
+            specs.example_body(op)
+        };
         let objects: Vec<&mut Map<String, Value>> = match &mut body {
             Value::Array(items) => items.iter_mut().filter_map(Value::as_object_mut).collect(),
             Value::Object(m) => vec![m],
@@ -624,7 +822,11 @@ pub async fn call_with(env: &Env, data: &Data, specs: &Specs, op: &'static Opera
                 obj.remove(k);
             }
             // Ids in the example body point at HighLevel's documents: use seeded ones instead.
-            let id_fields: Vec<String> = obj.keys().filter(|k| k.ends_with("Id") && !ov.body.contains_key(*k)).cloned().collect();
+            let id_fields: Vec<String> = obj
+                .keys()
+                .filter(|k| k.ends_with("Id") && !ov.body.contains_key(*k))
+                .cloned()
+                .collect();
             let id_fields: Vec<&str> = id_fields.iter().map(String::as_str).collect();
             let mut body_ids = params.clone();
             pick_ids(env, data, op, &id_fields, false, false, &mut body_ids)?;
@@ -649,9 +851,26 @@ pub async fn call_with(env: &Env, data: &Data, specs: &Specs, op: &'static Opera
         path.push('?');
         path.push_str(&serde_urlencoded::to_string(&query).unwrap_or_default());
     }
-    let token = if op.token == hlbridge_highlevel::operations::TokenKind::Agency { env.info.agency_token.clone() } else { env.info.token.clone() };
-    let (status, answer, _) = env.call_as(&token, op.method.as_str(), &path, op.version_header(), body.clone()).await;
-    Ok(Exchange { path, sent: body, status, body: answer })
+    let token = if op.token == hlbridge_highlevel::operations::TokenKind::Agency {
+        env.info.agency_token.clone()
+    } else {
+        env.info.token.clone()
+    };
+    let (status, answer, _) = env
+        .call_as(
+            &token,
+            op.method.as_str(),
+            &path,
+            op.version_header(),
+            body.clone(),
+        )
+        .await;
+    Ok(Exchange {
+        path,
+        sent: body,
+        status,
+        body: answer,
+    })
 }
 
 /// `"$doc:kind"` → the id of the oldest document of that kind in the location
@@ -670,7 +889,9 @@ pub fn resolve_refs_in(v: &Value, env: &Env, params: &HashMap<String, String>) -
             };
             let docs = env.sandbox.shared().docs.read();
             let loc = env.info.location_id.as_str();
-            let mut found = docs.iter(kind).filter(|(_, d)| d.location_id.as_deref().is_none_or(|l| l == loc));
+            let mut found = docs
+                .iter(kind)
+                .filter(|(_, d)| d.location_id.as_deref().is_none_or(|l| l == loc));
             let doc = if last { found.last() } else { found.next() };
             match doc {
                 Some((id, _)) if pointer.is_empty() => json!(id),
@@ -678,10 +899,18 @@ pub fn resolve_refs_in(v: &Value, env: &Env, params: &HashMap<String, String>) -
                 None => Value::Null,
             }
         }
-        Value::String(s) if s.starts_with("$param:") => params.get(&s[7..]).map_or(Value::Null, |p| json!(p)),
+        Value::String(s) if s.starts_with("$param:") => {
+            params.get(&s[7..]).map_or(Value::Null, |p| json!(p))
+        }
         Value::String(_) => expand(v, env),
-        Value::Array(a) => Value::Array(a.iter().map(|x| resolve_refs_in(x, env, params)).collect()),
-        Value::Object(m) => Value::Object(m.iter().map(|(k, x)| (k.clone(), resolve_refs_in(x, env, params))).collect()),
+        Value::Array(a) => {
+            Value::Array(a.iter().map(|x| resolve_refs_in(x, env, params)).collect())
+        }
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .map(|(k, x)| (k.clone(), resolve_refs_in(x, env, params)))
+                .collect(),
+        ),
         other => other.clone(),
     }
 }
@@ -704,9 +933,18 @@ fn describe(e: &jsonschema::ValidationError<'_>, prefix: &str) -> String {
     if let jsonschema::error::ValidationErrorKind::AnyOf { context } = e.kind()
         && let Some(first) = context.first().filter(|c| !c.is_empty())
     {
-        return first.iter().take(2).map(|e| describe(e, prefix)).collect::<Vec<_>>().join("; ");
+        return first
+            .iter()
+            .take(2)
+            .map(|e| describe(e, prefix))
+            .collect::<Vec<_>>()
+            .join("; ");
     }
-    let message = if e.instance().to_string().len() > 80 { e.masked_with("(the value)").to_string() } else { e.to_string() };
+    let message = if e.instance().to_string().len() > 80 {
+        e.masked_with("(the value)").to_string()
+    } else {
+        e.to_string()
+    };
     format!("{} at {prefix}{}", short(&message), e.instance_path())
 }
 
@@ -718,13 +956,29 @@ fn validate(schema: &Value, answer: &Value, bugs: &Bugs<'_>) -> Result<(), Strin
         .build(schema)
         .map_err(|e| format!("spec schema does not compile: {}", short(&e.to_string())))?;
     let at = bugs.at();
-    let part = answer.pointer(at).ok_or_else(|| format!("the answer has nothing at {at}: {}", short(&answer.to_string())))?;
+    let part = answer.pointer(at).ok_or_else(|| {
+        format!(
+            "the answer has nothing at {at}: {}",
+            short(&answer.to_string())
+        )
+    })?;
     let instances: Vec<(String, &Value)> = if bugs.each() {
-        let items = part.as_array().ok_or_else(|| format!("the answer at {at:?} is not an array: {}", short(&part.to_string())))?;
+        let items = part.as_array().ok_or_else(|| {
+            format!(
+                "the answer at {at:?} is not an array: {}",
+                short(&part.to_string())
+            )
+        })?;
         if items.is_empty() {
-            return Err(format!("the answer at {at:?} is an empty array: nothing was checked"));
+            return Err(format!(
+                "the answer at {at:?} is an empty array: nothing was checked"
+            ));
         }
-        items.iter().enumerate().map(|(i, x)| (format!("{at}/{i}"), x)).collect()
+        items
+            .iter()
+            .enumerate()
+            .map(|(i, x)| (format!("{at}/{i}"), x))
+            .collect()
     } else {
         vec![(at.to_string(), part)]
     };
@@ -733,16 +987,38 @@ fn validate(schema: &Value, answer: &Value, bugs: &Bugs<'_>) -> Result<(), Strin
         .flat_map(|(prefix, x)| validator.iter_errors(x).map(move |e| describe(&e, prefix)))
         .take(5)
         .collect();
-    if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.join("; "))
+    }
 }
 
 /// Calls `op` like a client would with the request from the spec and test data, and checks
 /// the answer; `Ok(Some(answer))` when it was checked against a schema.
-async fn check_op(env: &Env, data: &Data, specs: &Specs, op: &'static Operation) -> Result<Option<Value>, String> {
-    let Exchange { path, sent, status, body } = call_op(env, data, specs, op, op.method == Method::Delete).await.map_err(|e| format!("could not build a request: {e}"))?;
+async fn check_op(
+    env: &Env,
+    data: &Data,
+    specs: &Specs,
+    op: &'static Operation,
+) -> Result<Option<Value>, String> {
+    let Exchange {
+        path,
+        sent,
+        status,
+        body,
+    } = call_op(env, data, specs, op, op.method == Method::Delete)
+        .await
+        .map_err(|e| format!("could not build a request: {e}"))?;
     if !(200..300).contains(&status) {
-        let sent = sent.map(|b| format!(" with {}", short(&b.to_string()))).unwrap_or_default();
-        return Err(format!("{} {path}{sent} answered {status}: {}", op.method, short(&body.to_string())));
+        let sent = sent
+            .map(|b| format!(" with {}", short(&b.to_string())))
+            .unwrap_or_default();
+        return Err(format!(
+            "{} {path}{sent} answered {status}: {}",
+            op.method,
+            short(&body.to_string())
+        ));
     }
     let bugs = data.bugs(op.id);
     if bugs.skip_schema() {
@@ -754,12 +1030,24 @@ async fn check_op(env: &Env, data: &Data, specs: &Specs, op: &'static Operation)
     let Some(schema) = specs.response_schema(op, &bugs)? else {
         return Err("the spec has no response schema; list it in spec_bugs with the shape HighLevel documents".into());
     };
-    validate(&schema, &body, &bugs).map_err(|e| format!("answer does not match the spec schema: {e}"))?;
+    validate(&schema, &body, &bugs)
+        .map_err(|e| format!("answer does not match the spec schema: {e}"))?;
     // A list that comes back empty has had none of its items checked.
     if let Some(key) = op.items_key {
-        let pointer = if key.is_empty() { String::new() } else { format!("/{}", key.replace('.', "/")) };
-        if body.pointer(&pointer).and_then(Value::as_array).is_none_or(Vec::is_empty) {
-            return Err(format!("the list at {pointer:?} is missing or empty, so no item was checked: seed one or pick a request that finds some ({} {path})", op.method));
+        let pointer = if key.is_empty() {
+            String::new()
+        } else {
+            format!("/{}", key.replace('.', "/"))
+        };
+        if body
+            .pointer(&pointer)
+            .and_then(Value::as_array)
+            .is_none_or(Vec::is_empty)
+        {
+            return Err(format!(
+                "the list at {pointer:?} is missing or empty, so no item was checked: seed one or pick a request that finds some ({} {path})",
+                op.method
+            ));
         }
     }
     Ok(Some(body))
@@ -769,7 +1057,8 @@ async fn check_op(env: &Env, data: &Data, specs: &Specs, op: &'static Operation)
 /// match the spec's schema without it.
 fn bug_needed(data: &Data, specs: &Specs, key: &str, answers: &HashMap<&str, Value>) -> bool {
     bug_ops(key).any(|id| {
-        let (Some(op), Some(answer)) = (hlbridge_highlevel::operations::find(id), answers.get(id)) else {
+        let (Some(op), Some(answer)) = (hlbridge_highlevel::operations::find(id), answers.get(id))
+        else {
             return false;
         };
         let bugs = data.bugs_except(id, Some(key));
@@ -784,17 +1073,43 @@ fn bug_needed(data: &Data, specs: &Specs, key: &str, answers: &HashMap<&str, Val
 async fn every_operation_answers_in_the_spec_shape() {
     let mut config = SandboxConfig::for_tests();
     config.seed_demo = true;
-    config.rate_limit = RateLimitConfig { enabled: false, ..RateLimitConfig::default() };
+    config.rate_limit = RateLimitConfig {
+        enabled: false,
+        ..RateLimitConfig::default()
+    };
     let env = Env::start(config).await;
     let data = load_data();
     let specs = Specs::load();
-    for id in data.spec_bugs.keys().flat_map(|k| bug_ops(k)).chain(data.requests.keys().map(String::as_str)) {
-        assert!(hlbridge_highlevel::operations::find(id).is_some(), "conformance.json names unknown op {id}");
+    for id in data
+        .spec_bugs
+        .keys()
+        .flat_map(|k| bug_ops(k))
+        .chain(data.requests.keys().map(String::as_str))
+    {
+        assert!(
+            hlbridge_highlevel::operations::find(id).is_some(),
+            "conformance.json names unknown op {id}"
+        );
+    }
+    for (id, ov) in &data.requests {
+        assert!(
+            ov.reason
+                .as_deref()
+                .is_some_and(|r| r.split_whitespace().count() >= 6),
+            "request override {id} needs a reason: why the request built from the spec is not enough"
+        );
     }
     for (id, bug) in &data.spec_bugs {
         // What the spec says, what HighLevel does, what we do: a sentence or three, not a label.
-        assert!(bug.reason.split_whitespace().count() >= 12, "spec bug {id} needs a real reason, not {:?}", bug.reason);
-        assert!(bug.has_effect(), "spec bug {id} changes nothing: give a patch, at/each, schema or skip_schema");
+        assert!(
+            bug.reason.split_whitespace().count() >= 12,
+            "spec bug {id} needs a real reason, not {:?}",
+            bug.reason
+        );
+        assert!(
+            bug.has_effect(),
+            "spec bug {id} changes nothing: give a patch, at/each, schema or skip_schema"
+        );
     }
     // Reads first, then writes, deletes last, so every call finds what it needs.
     let mut ops: Vec<&'static Operation> = OPERATIONS.iter().collect();
@@ -823,9 +1138,23 @@ async fn every_operation_answers_in_the_spec_shape() {
             failures.push(format!("spec_bugs entry {key:?} is not needed: the answers of its operations match the spec without it"));
         }
     }
-    assert!(failures.is_empty(), "{} of {} operations failed conformance:\n{}", failures.len(), OPERATIONS.len(), failures.join("\n"));
-    let skipped: Vec<&str> = OPERATIONS.iter().filter(|op| data.bugs(op.id).skip_schema()).map(|op| op.id).collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {} operations failed conformance:\n{}",
+        failures.len(),
+        OPERATIONS.len(),
+        failures.join("\n")
+    );
+    let skipped: Vec<&str> = OPERATIONS
+        .iter()
+        .filter(|op| data.bugs(op.id).skip_schema())
+        .map(|op| op.id)
+        .collect();
     // Every operation but the file downloads is checked against a schema.
-    assert_eq!(checked + skipped.len(), OPERATIONS.len(), "checked {checked}, skipped {skipped:?}");
+    assert_eq!(
+        checked + skipped.len(),
+        OPERATIONS.len(),
+        "checked {checked}, skipped {skipped:?}"
+    );
     assert!(checked >= 180, "only {checked} answers were schema-checked");
 }

@@ -4,6 +4,7 @@
 
 mod behaviour;
 mod conformance;
+mod consistency;
 mod harness;
 mod oauth;
 mod webhooks;

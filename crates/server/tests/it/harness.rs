@@ -59,9 +59,6 @@ pub struct Harness {
     pub info: StartupInfo,
     pub engine: Engine,
     pub server: RunningServer,
-    /// The engine's HighLevel API (no client-side retries: the engine's durable retries are
-    /// what is under test).
-    pub api: Arc<dyn HighLevelApi>,
     /// What tests use to change the sandbox (with the client's retries).
     pub hl: Arc<dyn HighLevelApi>,
     pub http: reqwest::Client,
@@ -119,6 +116,7 @@ impl Harness {
         };
         let sandbox = Sandbox::start(sandbox_cfg).await.expect("sandbox");
         let info = sandbox.info();
+        // No client-side retries for the engine: its durable retries are under test.
         let api = api_for(&info, 1);
         let hl = api_for(&info, 5);
 
@@ -138,16 +136,20 @@ impl Harness {
             .iter()
             .enumerate()
             .map(|(i, src)| {
-                compile_source(&format!("{tag}-{i}.toml"), src, &ValidationContext::default())
-                    .unwrap_or_else(|d| {
-                        panic!(
-                            "{}",
-                            d.iter()
-                                .map(ToString::to_string)
-                                .collect::<Vec<_>>()
-                                .join("\n")
-                        )
-                    })
+                compile_source(
+                    &format!("{tag}-{i}.toml"),
+                    src,
+                    &ValidationContext::default(),
+                )
+                .unwrap_or_else(|d| {
+                    panic!(
+                        "{}",
+                        d.iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    )
+                })
             })
             .collect();
         engine.add_flows(compiled).await.expect("flows");
@@ -179,7 +181,6 @@ impl Harness {
             info,
             engine,
             server,
-            api,
             hl,
             http: reqwest::Client::new(),
         }
@@ -218,7 +219,11 @@ impl Harness {
             req = req.json(&b);
         }
         let resp = req.send().await.expect("admin request");
-        assert!(resp.status().is_success(), "admin {path}: {}", resp.status());
+        assert!(
+            resp.status().is_success(),
+            "admin {path}: {}",
+            resp.status()
+        );
         resp.json().await.expect("admin json")
     }
 
