@@ -16,8 +16,8 @@ use clap::Args;
 use comfy_table::{ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
 use hlbridge_engine::validate::compile_source;
 use hlbridge_engine::{
-    AppConnection, ClientApi, Connection, Engine, EngineConfig, HighLevelApi, RunDetail,
-    RunFilter, RunState,
+    AppConnection, ClientApi, Connection, Engine, EngineConfig, HighLevelApi, RunDetail, RunFilter,
+    RunState,
 };
 use hlbridge_highlevel::{Auth, Client, ClientConfig, Url};
 use hlbridge_sandbox::handlers::Event;
@@ -29,8 +29,8 @@ use time::format_description::well_known::Rfc3339;
 use tokio_util::sync::CancellationToken;
 
 use crate::flows::app::{Received, Sender, StandInApp};
-use crate::flows::templates::TEMPLATES;
 use crate::flows::millis;
+use crate::flows::templates::TEMPLATES;
 
 /// Options of `hlbridge demo`.
 #[derive(Args, Debug)]
@@ -97,7 +97,9 @@ fn tags_of(c: &Value) -> BTreeSet<String> {
 }
 
 fn now_text() -> String {
-    OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default()
+    OffsetDateTime::now_utc()
+        .format(&Rfc3339)
+        .unwrap_or_default()
 }
 
 /// Runs `hlbridge demo`.
@@ -167,9 +169,10 @@ impl Demo {
             .await
             .context("starting the stand-in EcoSend app")?;
 
-        let data_dir = args.data.clone().unwrap_or_else(|| {
-            std::env::temp_dir().join(format!("hlbridge-demo-{run_id}"))
-        });
+        let data_dir = args
+            .data
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join(format!("hlbridge-demo-{run_id}")));
         let mut config = EngineConfig::with_data_dir(&data_dir);
         config.workers = 2;
         config.idle_poll = Duration::from_millis(100);
@@ -204,8 +207,8 @@ impl Demo {
             .with_context(|| format!("opening the store in {}", data_dir.display()))?;
         let mut flows = Vec::new();
         for t in TEMPLATES {
-            let f = compile_source(&t.path(), t.source, &engine.validation_context()).map_err(
-                |d| {
+            let f =
+                compile_source(&t.path(), t.source, &engine.validation_context()).map_err(|d| {
                     anyhow!(
                         "{}",
                         d.iter()
@@ -213,8 +216,7 @@ impl Demo {
                             .collect::<Vec<_>>()
                             .join("\n")
                     )
-                },
-            )?;
+                })?;
             flows.push(f);
         }
         engine.add_flows(flows).await?;
@@ -244,7 +246,10 @@ impl Demo {
         {
             Ok(s) => s,
             Err(ServerError::Bind { addr, source }) if args.port != 0 => {
-                println!("(port {} is busy: {source}; using a free port instead)", addr.port());
+                println!(
+                    "(port {} is busy: {source}; using a free port instead)",
+                    addr.port()
+                );
                 hlbridge_server::serve(engine.clone(), serve_config(0), CancellationToken::new())
                     .await?
             }
@@ -284,13 +289,7 @@ impl Demo {
 
     fn print_setup(&self) {
         let info = self.sandbox.info();
-        let contacts = self
-            .sandbox
-            .shared()
-            .docs
-            .read()
-            .iter("contact")
-            .count();
+        let contacts = self.sandbox.shared().docs.read().iter("contact").count();
         println!("Started:");
         println!(
             "  HighLevel sandbox   {}   a fake HighLevel account with {contacts} contacts, tasks and notes",
@@ -304,15 +303,15 @@ impl Demo {
             "  EcoSend (stand-in)  {}   records every call hlbridge makes to it",
             self.app.url
         );
-        println!(
-            "  run history         {}",
-            self.data_dir.display()
-        );
+        println!("  run history         {}", self.data_dir.display());
         println!(
             "\nThe sandbox sends its signed webhooks to {}/hooks/highlevel, as HighLevel would.",
             self.server_url()
         );
-        println!("\nLoaded the {} ready flows of flows/templates/:", TEMPLATES.len());
+        println!(
+            "\nLoaded the {} ready flows of flows/templates/:",
+            TEMPLATES.len()
+        );
         for f in self.engine.flows() {
             println!(
                 "  {:<18} {}",
@@ -352,7 +351,13 @@ impl Demo {
             .map_err(|e| anyhow!("{op}: {e}"))
     }
 
-    async fn app_event(&self, n: usize, what: &str, flow: &str, event: Value) -> anyhow::Result<()> {
+    async fn app_event(
+        &self,
+        n: usize,
+        what: &str,
+        flow: &str,
+        event: Value,
+    ) -> anyhow::Result<()> {
         let (status, answer) = self.app.send_event(flow, &event).await?;
         let outcome = match status {
             202 => "run queued".to_owned(),
@@ -377,7 +382,12 @@ impl Demo {
             .map(|(_, d)| (*d.body).clone())
             .filter(|c| c["email"].is_string())
             .collect();
-        v.sort_by_key(|c| (c["dateAdded"].as_str().unwrap_or_default().to_owned(), email(c)));
+        v.sort_by_key(|c| {
+            (
+                c["dateAdded"].as_str().unwrap_or_default().to_owned(),
+                email(c),
+            )
+        });
         v
     }
 
@@ -439,7 +449,10 @@ impl Demo {
         .await?;
         self.app_event(
             3,
-            &format!("task \"Send the spring catalogue\" created for {} in EcoSend", email(&cast.task)),
+            &format!(
+                "task \"Send the spring catalogue\" created for {} in EcoSend",
+                email(&cast.task)
+            ),
             "task-updates",
             json!({ "id": id(3), "type": "task.created", "email": email(&cast.task),
                     "task": { "id": task_ref, "title": "Send the spring catalogue",
@@ -480,7 +493,10 @@ impl Demo {
                         "dueDate": date(today, 17), "completed": false }),
             )
             .await?;
-        let reminder_task = reminder["task"]["id"].as_str().unwrap_or_default().to_owned();
+        let reminder_task = reminder["task"]["id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
         println!(
             "   6. task \"Renewal call\" due today created for {} in HighLevel",
             email(&cast.reminded)
@@ -492,7 +508,7 @@ impl Demo {
         println!("\nScenario, part 3: follow-ups, a lost webhook, and the morning reminders");
         self.app_event(
             7,
-            &format!("task \"Send the spring catalogue\" completed in EcoSend"),
+            "task \"Send the spring catalogue\" completed in EcoSend",
             "task-updates",
             json!({ "id": id(7), "type": "task.completed", "email": email(&cast.task),
                     "task": { "id": task_ref } }),
@@ -504,7 +520,10 @@ impl Demo {
             json!({ "route": "contacts.update", "webhookDropRate": 1.0, "remaining": 1 }),
         )
         .await?;
-        let backfilled_id = cast.backfilled["id"].as_str().unwrap_or_default().to_owned();
+        let backfilled_id = cast.backfilled["id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
         self.highlevel(
             "contacts.update",
             json!({ "contactId": backfilled_id, "city": "Portland" }),
@@ -514,7 +533,9 @@ impl Demo {
             "   8. {} moved to Portland in HighLevel, but HighLevel drops the webhook",
             email(&cast.backfilled)
         );
-        println!("      (a fault injected in the sandbox: HighLevel loses webhooks after any failure but a 429)");
+        println!(
+            "      (a fault injected in the sandbox: HighLevel loses webhooks after any failure but a 429)"
+        );
         self.sync_webhooks().await?;
         let report = self.engine.poll_once("contact-lifecycle").await?;
         println!(
@@ -528,7 +549,9 @@ impl Demo {
         println!(
             "      sent again: HighLevel's ContactUpdate webhook carries no dateUpdated to dedupe on, and the"
         );
-        println!("      app treats a contact update as an upsert (the request carries an Idempotency-Key).");
+        println!(
+            "      app treats a contact update as an upsert (the request carries an Idempotency-Key)."
+        );
         let tick = now_text();
         self.engine
             .enqueue(
@@ -550,7 +573,12 @@ impl Demo {
         let runs = self.all_runs().await?;
         self.print_runs(&runs);
         self.print_highlevel_changes(&before, &after);
-        let received: Vec<Received> = self.app.received().into_iter().skip(received_before).collect();
+        let received: Vec<Received> = self
+            .app
+            .received()
+            .into_iter()
+            .skip(received_before)
+            .collect();
         print_app_calls(&received);
         let lookup = self
             .http
@@ -563,7 +591,15 @@ impl Demo {
             Ok(r) => json!({ "status": r.status().as_u16() }),
             Err(e) => json!({ "error": e.to_string() }),
         };
-        let checks = self.checks(&cast, &after, &received, &runs, &lookup, &reminder_task, &task_ref);
+        let checks = self.checks(
+            &cast,
+            &after,
+            &received,
+            &runs,
+            &lookup,
+            &reminder_task,
+            &task_ref,
+        );
         println!("\nExpected changes:");
         for c in &checks {
             println!("  {} {}", if c.ok { "✓" } else { "✗" }, c.what);
@@ -624,7 +660,14 @@ impl Demo {
                 if Instant::now() > deadline {
                     println!();
                     println!("      ({pending} run(s) still pending after 60 s)");
-                    return Ok(self.engine.store().count_runs(None).await?.iter().map(|(_, n)| *n as usize).sum());
+                    return Ok(self
+                        .engine
+                        .store()
+                        .count_runs(None)
+                        .await?
+                        .iter()
+                        .map(|(_, n)| *n as usize)
+                        .sum());
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -663,7 +706,11 @@ impl Demo {
     }
 
     fn print_runs(&self, runs: &[RunDetail]) {
-        println!("\nRuns ({}), oldest first — `hlbridge runs --data {}` lists them again:", runs.len(), self.data_dir.display());
+        println!(
+            "\nRuns ({}), oldest first — `hlbridge runs --data {}` lists them again:",
+            runs.len(),
+            self.data_dir.display()
+        );
         let mut t = Table::new();
         t.load_style(UTF8_FULL_CONDENSED)
             .set_content_arrangement(ContentArrangement::Dynamic)
@@ -718,26 +765,38 @@ impl Demo {
         task_ref: &str,
     ) -> Vec<Check> {
         let mut checks = Vec::new();
-        let contact = |c: &Value| after.contacts.get(c["id"].as_str().unwrap_or_default()).cloned().unwrap_or(Value::Null);
+        let contact = |c: &Value| {
+            after
+                .contacts
+                .get(c["id"].as_str().unwrap_or_default())
+                .cloned()
+                .unwrap_or(Value::Null)
+        };
         let a = contact(&cast.tag_add);
         checks.push(Check {
-            what: format!("HighLevel: {} has the tag \"vip\" (EcoSend tag.added)", email(&cast.tag_add)),
+            what: format!(
+                "HighLevel: {} has the tag \"vip\" (EcoSend tag.added)",
+                email(&cast.tag_add)
+            ),
             ok: tags_of(&a).contains("vip"),
             detail: format!("tags are {:?}", tags_of(&a)),
         });
         let (r, tag) = &cast.tag_remove;
         let b = contact(r);
         checks.push(Check {
-            what: format!("HighLevel: {} no longer has the tag \"{tag}\" (EcoSend tag.removed)", email(r)),
+            what: format!(
+                "HighLevel: {} no longer has the tag \"{tag}\" (EcoSend tag.removed)",
+                email(r)
+            ),
             ok: !b.is_null() && !tags_of(&b).contains(tag),
             detail: format!("tags are {:?}", tags_of(&b)),
         });
         let cid = cast.task["id"].as_str().unwrap_or_default();
         let marker = format!("[ecosend:{task_ref}]");
-        let task = after
-            .tasks
-            .values()
-            .find(|t| t["contactId"].as_str() == Some(cid) && t["body"].as_str().is_some_and(|b| b.contains(&marker)));
+        let task = after.tasks.values().find(|t| {
+            t["contactId"].as_str() == Some(cid)
+                && t["body"].as_str().is_some_and(|b| b.contains(&marker))
+        });
         checks.push(Check {
             what: format!(
                 "HighLevel: {} has the task \"Send the spring catalogue\", completed (EcoSend task.created, task.completed)",
@@ -754,42 +813,70 @@ impl Demo {
         };
         let updated = cast.updated["id"].as_str().unwrap_or_default();
         checks.push(Check {
-            what: format!("EcoSend: got {}'s new city from the ContactUpdate webhook", email(&cast.updated)),
+            what: format!(
+                "EcoSend: got {}'s new city from the ContactUpdate webhook",
+                email(&cast.updated)
+            ),
             ok: got("/hlbridge/contacts", &|b| {
-                b["contact"]["id"].as_str() == Some(updated) && b["source"] == json!("webhook") && b["contact"]["city"] == json!("Denver")
+                b["contact"]["id"].as_str() == Some(updated)
+                    && b["source"] == json!("webhook")
+                    && b["contact"]["city"] == json!("Denver")
             }),
             detail: "no POST /hlbridge/contacts with city Denver".into(),
         });
         let noted = cast.noted["id"].as_str().unwrap_or_default();
         checks.push(Check {
-            what: format!("EcoSend: got the note added to {} (NoteCreate webhook)", email(&cast.noted)),
-            ok: got("/hlbridge/notes", &|b| b["contactId"].as_str() == Some(noted) && b["email"] == json!(email(&cast.noted))),
+            what: format!(
+                "EcoSend: got the note added to {} (NoteCreate webhook)",
+                email(&cast.noted)
+            ),
+            ok: got("/hlbridge/notes", &|b| {
+                b["contactId"].as_str() == Some(noted) && b["email"] == json!(email(&cast.noted))
+            }),
             detail: "no POST /hlbridge/notes for that contact".into(),
         });
         checks.push(Check {
-            what: format!("EcoSend: got {}'s refreshed profile with the new note", email(&cast.noted)),
+            what: format!(
+                "EcoSend: got {}'s refreshed profile with the new note",
+                email(&cast.noted)
+            ),
             ok: got("/hlbridge/contact-profile", &|b| {
                 b["contact"]["id"].as_str() == Some(noted)
-                    && b["notes"].as_array().is_some_and(|n| n.iter().any(|x| x["body"] == json!("Called: wants the annual plan.")))
+                    && b["notes"].as_array().is_some_and(|n| {
+                        n.iter()
+                            .any(|x| x["body"] == json!("Called: wants the annual plan."))
+                    })
             }),
             detail: "no POST /hlbridge/contact-profile with the note".into(),
         });
         let back = cast.backfilled["id"].as_str().unwrap_or_default();
         checks.push(Check {
-            what: format!("EcoSend: got {}'s update although its webhook was lost (backfill poll)", email(&cast.backfilled)),
+            what: format!(
+                "EcoSend: got {}'s update although its webhook was lost (backfill poll)",
+                email(&cast.backfilled)
+            ),
             ok: got("/hlbridge/contacts", &|b| {
-                b["contact"]["id"].as_str() == Some(back) && b["source"] == json!("backfill") && b["contact"]["city"] == json!("Portland")
+                b["contact"]["id"].as_str() == Some(back)
+                    && b["source"] == json!("backfill")
+                    && b["contact"]["city"] == json!("Portland")
             }),
             detail: "no POST /hlbridge/contacts from the backfill for that contact".into(),
         });
         checks.push(Check {
-            what: format!("EcoSend: got a reminder for the task \"Renewal call\" of {}", email(&cast.reminded)),
-            ok: got("/hlbridge/task-reminders", &|b| b["taskId"].as_str() == Some(reminder_task)),
+            what: format!(
+                "EcoSend: got a reminder for the task \"Renewal call\" of {}",
+                email(&cast.reminded)
+            ),
+            ok: got("/hlbridge/task-reminders", &|b| {
+                b["taskId"].as_str() == Some(reminder_task)
+            }),
             detail: "no POST /hlbridge/task-reminders for that task".into(),
         });
-        let looked_up = lookup["tasks"]
-            .as_array()
-            .is_some_and(|ts| ts.iter().any(|t| t["title"] == json!("Send the spring catalogue") && t["completed"] == json!(true)));
+        let looked_up = lookup["tasks"].as_array().is_some_and(|ts| {
+            ts.iter().any(|t| {
+                t["title"] == json!("Send the spring catalogue") && t["completed"] == json!(true)
+            })
+        });
         checks.push(Check {
             what: format!(
                 "hlbridge: GET /lookup/contact?email={} answers profile, tasks and notes in one call",
@@ -806,7 +893,11 @@ impl Demo {
         checks.push(Check {
             what: "hlbridge: every run succeeded or was skipped (no dead letters)".into(),
             ok: bad.is_empty() && !runs.is_empty(),
-            detail: if runs.is_empty() { "no runs".into() } else { bad.join(", ") },
+            detail: if runs.is_empty() {
+                "no runs".into()
+            } else {
+                bad.join(", ")
+            },
         });
         checks
     }
@@ -815,14 +906,18 @@ impl Demo {
         let server = self.server_url();
         let info = self.sandbox.info();
         let first = self.contacts().first().cloned().unwrap_or(Value::Null);
-        println!("\nStill running. Try it yourself (Ctrl-C to stop; `hlbridge` is `cargo run --release --` in the repository):");
+        println!(
+            "\nStill running. Try it yourself (Ctrl-C to stop; `hlbridge` is `cargo run --release --` in the repository):"
+        );
         println!("  # EcoSend sends an event (the stand-in signs it and forwards it to hlbridge):");
         println!(
             "  curl -X POST {}/send/tag-segmentation -d '{{\"id\":\"try-1\",\"type\":\"tag.added\",\"email\":\"{}\",\"tag\":\"webinar\"}}'",
             self.app.url,
             email(&first)
         );
-        println!("  # Change a contact in HighLevel (the sandbox); its webhook reaches hlbridge, then EcoSend:");
+        println!(
+            "  # Change a contact in HighLevel (the sandbox); its webhook reaches hlbridge, then EcoSend:"
+        );
         println!(
             "  HLBRIDGE_BASE_URL={} HLBRIDGE_TOKEN={} hlbridge call contacts.update contactId={} city=Boston",
             info.base_url,
@@ -881,8 +976,13 @@ fn did_text(d: &RunDetail) -> String {
             continue;
         }
         if let Some(url) = input.get("url").and_then(Value::as_str) {
-            let path = Url::parse(url).map(|u| u.path().to_owned()).unwrap_or_default();
-            did.push(format!("→ EcoSend {} {path}", input["method"].as_str().unwrap_or("POST")));
+            let path = Url::parse(url)
+                .map(|u| u.path().to_owned())
+                .unwrap_or_default();
+            did.push(format!(
+                "→ EcoSend {} {path}",
+                input["method"].as_str().unwrap_or("POST")
+            ));
             continue;
         }
         let name = s.step_id.rsplit('.').next().unwrap_or(&s.step_id);
@@ -919,7 +1019,10 @@ fn did_text(d: &RunDetail) -> String {
 }
 
 fn print_app_calls(received: &[Received]) {
-    println!("\nWhat EcoSend received from hlbridge ({} calls):", received.len());
+    println!(
+        "\nWhat EcoSend received from hlbridge ({} calls):",
+        received.len()
+    );
     let mut by_path: BTreeMap<&str, Vec<&Received>> = BTreeMap::new();
     for r in received {
         by_path.entry(r.path.as_str()).or_default().push(r);
@@ -937,14 +1040,21 @@ fn print_app_calls(received: &[Received]) {
 
 fn summarize_call(r: &Received) -> String {
     let b = &r.body;
-    let auth = if r.status == 401 { "  (refused: bad token)" } else { "" };
+    let auth = if r.status == 401 {
+        "  (refused: bad token)"
+    } else {
+        ""
+    };
     let line = match r.path.as_str() {
         "/hlbridge/contacts" => format!(
             "{} {} via {}{}",
             b["event"].as_str().unwrap_or("?"),
             b["contact"]["email"].as_str().unwrap_or("?"),
             b["source"].as_str().unwrap_or("?"),
-            b["contact"]["city"].as_str().map(|c| format!(", city {c}")).unwrap_or_default()
+            b["contact"]["city"]
+                .as_str()
+                .map(|c| format!(", city {c}"))
+                .unwrap_or_default()
         ),
         "/hlbridge/notes" => format!(
             "note \"{}\" for {}",
@@ -961,9 +1071,16 @@ fn summarize_call(r: &Received) -> String {
         "/hlbridge/task-reminders" => format!(
             "\"{}\" due {} for {}{}",
             b["title"].as_str().unwrap_or("?"),
-            b["dueDate"].as_str().map(|d| d.get(..10).unwrap_or(d)).unwrap_or("?"),
+            b["dueDate"]
+                .as_str()
+                .map(|d| d.get(..10).unwrap_or(d))
+                .unwrap_or("?"),
             b["contact"]["email"].as_str().unwrap_or("?"),
-            if b["overdue"] == json!(true) { " (overdue)" } else { "" }
+            if b["overdue"] == json!(true) {
+                " (overdue)"
+            } else {
+                ""
+            }
         ),
         _ => crate::flows::behaviour::compact(b),
     };
@@ -1015,7 +1132,14 @@ impl Snapshot {
             for t in old_tags.difference(&new_tags) {
                 out.push((self.who(id), format!("tag − {t}")));
             }
-            for f in ["firstName", "lastName", "email", "phone", "city", "companyName"] {
+            for f in [
+                "firstName",
+                "lastName",
+                "email",
+                "phone",
+                "city",
+                "companyName",
+            ] {
                 if c[f] != old[f] {
                     out.push((
                         self.who(id),
@@ -1036,7 +1160,11 @@ impl Snapshot {
                     who,
                     format!(
                         "task \"{title}\" created{}",
-                        if t["completed"] == json!(true) { ", then completed" } else { "" }
+                        if t["completed"] == json!(true) {
+                            ", then completed"
+                        } else {
+                            ""
+                        }
                     ),
                 )),
                 Some(old) => {

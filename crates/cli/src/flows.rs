@@ -22,7 +22,7 @@ use anyhow::{Context, anyhow, bail};
 use clap::{Args, Subcommand};
 use hlbridge_engine::validate::{CompiledFlow, ValidationContext, compile_file, compile_paths};
 use hlbridge_engine::{
-    AppConnection, ClientApi, Connection, Engine, EngineConfig, HighLevelApi, RunDetail, RunState,
+    ClientApi, Connection, Engine, EngineConfig, HighLevelApi, RunDetail, RunState,
 };
 use hlbridge_highlevel::{Auth, Client, ClientConfig, Url};
 use serde_json::Value;
@@ -57,7 +57,7 @@ enum FlowsCommand {
     /// Compile flows and check behaviour test files; print every problem with file:line:col.
     Validate(ValidateArgs),
     /// Run one event through a flow now and print each step (input, output or error, timing).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Run behaviour tests (`*.test.toml`) against an in-process sandbox and stand-in app.
     Test(TestArgs),
 }
@@ -128,7 +128,7 @@ impl AppArgs {
             config
                 .app_connections
                 .entry(name.to_owned())
-                .or_insert_with(AppConnection::default)
+                .or_default()
                 .base_url = Some(url.to_owned());
         }
         for h in &self.app_headers {
@@ -165,7 +165,12 @@ pub struct RunArgs {
     #[arg(long, default_value = "{}", value_name = "JSON|@FILE")]
     event: String,
     /// Where to look a flow id up: files or directories (default: `flows`, `flows/templates`).
-    #[arg(long = "flows", env = "HLBRIDGE_FLOWS", value_delimiter = ',', value_name = "PATH")]
+    #[arg(
+        long = "flows",
+        env = "HLBRIDGE_FLOWS",
+        value_delimiter = ',',
+        value_name = "PATH"
+    )]
     flows: Vec<PathBuf>,
     #[command(flatten)]
     highlevel: HighLevelArgs,
@@ -182,7 +187,7 @@ pub struct RunArgs {
 pub async fn run(args: FlowsArgs) -> anyhow::Result<()> {
     match args.command {
         FlowsCommand::Validate(a) => validate(a),
-        FlowsCommand::Run(a) => run_flow(a).await,
+        FlowsCommand::Run(a) => run_flow(*a).await,
         FlowsCommand::Test(a) => test(a).await,
     }
 }
@@ -260,9 +265,7 @@ fn validate(args: ValidateArgs) -> anyhow::Result<()> {
             Ok(test) => {
                 let mut problems = behaviour::check(t, &test);
                 let flow = behaviour::flow_path(t, &test);
-                let listed = flow_files
-                    .iter()
-                    .any(|f| same_file(f, &flow));
+                let listed = flow_files.iter().any(|f| same_file(f, &flow));
                 if problems.is_empty()
                     && !listed
                     && let Err(diags) = compile_file(&flow, &vctx)
@@ -543,7 +546,10 @@ pub fn print_run(d: &RunDetail) {
     if let Some(next) = r.next_attempt_at.filter(|_| r.state == RunState::Failed) {
         println!("next try  {}", fmt(next));
     }
-    println!("event     {} (dedupe key {})", d.event.id, d.event.dedupe_key);
+    println!(
+        "event     {} (dedupe key {})",
+        d.event.id, d.event.dedupe_key
+    );
     println!("{}", indented_json(&d.event.payload, "    ", 40));
     if d.steps.is_empty() {
         println!(

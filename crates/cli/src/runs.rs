@@ -62,7 +62,11 @@ struct ShowArgs {
 #[derive(Args, Debug)]
 pub struct ReplayArgs {
     /// The run to replay (its event is enqueued again as a new run).
-    #[arg(value_name = "RUN_ID", required_unless_present = "dead", conflicts_with = "dead")]
+    #[arg(
+        value_name = "RUN_ID",
+        required_unless_present = "dead",
+        conflicts_with = "dead"
+    )]
     run: Option<String>,
     /// Replay every dead run (dead letter) not replayed yet.
     #[arg(long)]
@@ -144,7 +148,13 @@ pub fn table(runs: &[RunSummary]) -> Table {
     t.load_style(UTF8_FULL_CONDENSED)
         .set_content_arrangement(ContentArrangement::Dynamic)
         .set_header([
-            "run", "flow", "state", "tries", "created (UTC)", "took", "error",
+            "run",
+            "flow",
+            "state",
+            "tries",
+            "created (UTC)",
+            "took",
+            "error",
         ]);
     for r in runs {
         let created = r

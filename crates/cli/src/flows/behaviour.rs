@@ -72,8 +72,8 @@ use hlbridge_engine::flow::{AppAuth, Step, Trigger};
 use hlbridge_engine::template::{self, Compiler, Scope};
 use hlbridge_engine::validate::{CompiledFlow, ValidationContext};
 use hlbridge_engine::{
-    AppConnection, ClientApi, Connection, Engine, EngineConfig, HighLevelApi, RunDetail,
-    RunFilter, RunState, StepError,
+    AppConnection, ClientApi, Connection, Engine, EngineConfig, HighLevelApi, RunDetail, RunFilter,
+    RunState, StepError,
 };
 use hlbridge_highlevel::webhooks::WebhookSigner;
 use hlbridge_highlevel::{Auth, Client, ClientConfig, Operation, Url};
@@ -260,8 +260,8 @@ pub struct FileReport {
 
 /// Reads and parses a test file.
 pub fn parse_file(path: &Path) -> anyhow::Result<TestFile> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     parse_text(&path.display().to_string(), &text)
 }
 
@@ -396,10 +396,7 @@ pub async fn run_file(path: &Path) -> anyhow::Result<FileReport> {
             failures,
         });
     }
-    Ok(FileReport {
-        flow_id,
-        cases,
-    })
+    Ok(FileReport { flow_id, cases })
 }
 
 /// Records every HighLevel call the flow makes, then passes it on.
@@ -482,9 +479,22 @@ struct Harness {
 }
 
 impl Harness {
-    async fn start(flow_file: &Path, seed: SeedKind, app_status: Option<u16>) -> anyhow::Result<(Harness, Arc<CompiledFlow>)> {
-        let flow = hlbridge_engine::validate::compile_file(flow_file, &ValidationContext::default())
-            .map_err(|d| anyhow!("{}", d.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")))?;
+    async fn start(
+        flow_file: &Path,
+        seed: SeedKind,
+        app_status: Option<u16>,
+    ) -> anyhow::Result<(Harness, Arc<CompiledFlow>)> {
+        let flow =
+            hlbridge_engine::validate::compile_file(flow_file, &ValidationContext::default())
+                .map_err(|d| {
+                    anyhow!(
+                        "{}",
+                        d.iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    )
+                })?;
         let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
         let sandbox = Sandbox::start(SandboxConfig {
             seed_demo: seed == SeedKind::Demo,
@@ -520,7 +530,8 @@ impl Harness {
             calls: Mutex::new(Vec::new()),
         });
         let signer = WebhookSigner::generate().map_err(|e| anyhow!("{e}"))?;
-        let data_dir = std::env::temp_dir().join(format!("hlbridge-flows-test-{}", uuid::Uuid::new_v4()));
+        let data_dir =
+            std::env::temp_dir().join(format!("hlbridge-flows-test-{}", uuid::Uuid::new_v4()));
         let mut config = EngineConfig::with_data_dir(&data_dir);
         config.network.allow_loopback = true;
         config.highlevel_webhook_keys = vec![
@@ -550,7 +561,11 @@ impl Harness {
         let api: Arc<dyn HighLevelApi> = recorder.clone();
         let engine = Engine::open_with(config, api).await?;
         engine.add_flows(vec![flow]).await?;
-        let compiled = engine.flows().into_iter().next().context("the flow did not load")?;
+        let compiled = engine
+            .flows()
+            .into_iter()
+            .next()
+            .context("the flow did not load")?;
         Ok((
             Harness {
                 sandbox,
@@ -580,7 +595,12 @@ impl Harness {
         self.direct
             .call(&self.connection, op, params)
             .await
-            .map_err(|e| anyhow!("{op_id}: {e}{}", e.body.as_ref().map(|b| format!(" {b}")).unwrap_or_default()))
+            .map_err(|e| {
+                anyhow!(
+                    "{op_id}: {e}{}",
+                    e.body.as_ref().map(|b| format!(" {b}")).unwrap_or_default()
+                )
+            })
     }
 
     /// Sends one event through the flow's trigger.
@@ -611,9 +631,11 @@ impl Harness {
                 let mut event = event;
                 if let Value::Object(m) = &mut event {
                     m.entry("timestamp").or_insert_with(|| {
-                        json!(time::OffsetDateTime::now_utc()
-                            .format(&time::format_description::well_known::Rfc3339)
-                            .unwrap_or_default())
+                        json!(
+                            time::OffsetDateTime::now_utc()
+                                .format(&time::format_description::well_known::Rfc3339)
+                                .unwrap_or_default()
+                        )
                     });
                     m.entry("webhookId")
                         .or_insert_with(|| json!(uuid::Uuid::new_v4().to_string()));
@@ -626,7 +648,9 @@ impl Harness {
                 self.engine
                     .accept_highlevel_webhook(&headers, &body)
                     .await
-                    .map_err(|e| anyhow!("the HighLevel webhook was refused ({}): {e}", e.status()))?;
+                    .map_err(|e| {
+                        anyhow!("the HighLevel webhook was refused ({}): {e}", e.status())
+                    })?;
             }
             Trigger::Schedule(_) | Trigger::HighlevelPoll(_) => {
                 self.engine
@@ -654,10 +678,14 @@ impl Harness {
         );
         let arrived = catcher
             .wait_until(Duration::from_secs(30), |r| {
-                r.iter().any(|x| x.body["type"].as_str() == Some(marker.as_str()))
+                r.iter()
+                    .any(|x| x.body["type"].as_str() == Some(marker.as_str()))
             })
             .await;
-        self.sandbox.shared().delivery.remove_url(&format!("{}/webhooks", catcher.url));
+        self.sandbox
+            .shared()
+            .delivery
+            .remove_url(&format!("{}/webhooks", catcher.url));
         if !arrived {
             bail!("the sandbox's webhooks did not arrive within 30 s");
         }
@@ -704,7 +732,14 @@ impl Harness {
             }
         }
         let mut details = Vec::new();
-        for run in self.engine.store().list_runs(&filter).await?.into_iter().rev() {
+        for run in self
+            .engine
+            .store()
+            .list_runs(&filter)
+            .await?
+            .into_iter()
+            .rev()
+        {
             if let Some(d) = self.engine.store().run_detail(run.id).await? {
                 details.push(d);
             }
@@ -740,14 +775,21 @@ async fn run_case_in(h: &Harness, flow: &CompiledFlow, case: &Case) -> anyhow::R
     }
     let catcher = if case.sandbox_webhooks {
         let c = StandInApp::start(SocketAddr::from(([127, 0, 0, 1], 0)), None).await?;
-        h.sandbox.shared().delivery.add_url(format!("{}/webhooks", c.url));
+        h.sandbox
+            .shared()
+            .delivery
+            .add_url(format!("{}/webhooks", c.url));
         Some(c)
     } else {
         None
     };
 
     for (i, s) in case.setup.iter().enumerate() {
-        let params = render(&format!("setup[{i}].params"), &Value::Object(s.params.clone()), &vars)?;
+        let params = render(
+            &format!("setup[{i}].params"),
+            &Value::Object(s.params.clone()),
+            &vars,
+        )?;
         let out = h
             .call(&s.operation, params)
             .await
@@ -763,7 +805,9 @@ async fn run_case_in(h: &Harness, flow: &CompiledFlow, case: &Case) -> anyhow::R
     }
     for (i, e) in case.events.iter().enumerate() {
         let event = render(&format!("events[{i}]"), e, &vars)?;
-        h.send(flow, event).await.with_context(|| format!("events[{i}]"))?;
+        h.send(flow, event)
+            .await
+            .with_context(|| format!("events[{i}]"))?;
     }
     if case.poll {
         h.engine.poll_once(flow.id()).await?;
@@ -778,19 +822,34 @@ async fn run_case_in(h: &Harness, flow: &CompiledFlow, case: &Case) -> anyhow::R
             runs.len(),
             describe_runs(&runs)
         )),
-        None if runs.is_empty() => failures.push("no run was started (set `runs = 0` if that is expected)".to_owned()),
+        None if runs.is_empty() => {
+            failures.push("no run was started (set `runs = 0` if that is expected)".to_owned())
+        }
         _ => {}
     }
     match &ex.state {
         Some(s) => {
             let want: RunState = s.parse().map_err(|_| anyhow!("unknown state {s:?}"))?;
             for d in runs.iter().filter(|d| d.run.state != want) {
-                failures.push(format!("run {} ended `{}`, expected `{want}`{}", d.run.id, d.run.state, run_error(d)));
+                failures.push(format!(
+                    "run {} ended `{}`, expected `{want}`{}",
+                    d.run.id,
+                    d.run.state,
+                    run_error(d)
+                ));
             }
         }
         None => {
-            for d in runs.iter().filter(|d| matches!(d.run.state, RunState::Dead | RunState::Failed)) {
-                failures.push(format!("run {} ended `{}`{}", d.run.id, d.run.state, run_error(d)));
+            for d in runs
+                .iter()
+                .filter(|d| matches!(d.run.state, RunState::Dead | RunState::Failed))
+            {
+                failures.push(format!(
+                    "run {} ended `{}`{}",
+                    d.run.id,
+                    d.run.state,
+                    run_error(d)
+                ));
             }
         }
     }
@@ -802,10 +861,17 @@ async fn run_case_in(h: &Harness, flow: &CompiledFlow, case: &Case) -> anyhow::R
             .as_ref()
             .map(|p| render(&format!("expect.calls[{i}].params"), p, &vars))
             .transpose()?;
-        let same_op: Vec<&Value> = calls.iter().filter(|(op, _)| *op == c.operation).map(|(_, p)| p).collect();
+        let same_op: Vec<&Value> = calls
+            .iter()
+            .filter(|(op, _)| *op == c.operation)
+            .map(|(_, p)| p)
+            .collect();
         let matching: Vec<&&Value> = same_op
             .iter()
-            .filter(|p| want.as_ref().is_none_or(|w| mismatch(w, p, "params").is_none()))
+            .filter(|p| {
+                want.as_ref()
+                    .is_none_or(|w| mismatch(w, p, "params").is_none())
+            })
             .collect();
         let ok = match c.count {
             Some(n) => matching.len() == n,
@@ -823,7 +889,11 @@ async fn run_case_in(h: &Harness, flow: &CompiledFlow, case: &Case) -> anyhow::R
             None => format!("expected a call to {what}"),
         };
         if same_op.is_empty() {
-            msg.push_str(&format!("\n    no call to `{}` was made; calls made: {}", c.operation, call_list(&calls)));
+            msg.push_str(&format!(
+                "\n    no call to `{}` was made; calls made: {}",
+                c.operation,
+                call_list(&calls)
+            ));
         } else {
             for p in &same_op {
                 match want.as_ref().and_then(|w| mismatch(w, p, "params")) {
@@ -851,7 +921,13 @@ async fn run_case_in(h: &Harness, flow: &CompiledFlow, case: &Case) -> anyhow::R
         let headers = a
             .headers
             .as_ref()
-            .map(|m| render(&format!("expect.app[{i}].headers"), &Value::Object(m.clone()), &vars))
+            .map(|m| {
+                render(
+                    &format!("expect.app[{i}].headers"),
+                    &Value::Object(m.clone()),
+                    &vars,
+                )
+            })
             .transpose()?;
         let why_not = |r: &Received| -> Option<String> {
             if let Some(m) = &a.method
@@ -866,7 +942,10 @@ async fn run_case_in(h: &Harness, flow: &CompiledFlow, case: &Case) -> anyhow::R
             }
             if let Some(Value::Object(hs)) = &headers {
                 for (k, v) in hs {
-                    let got = r.header(k).map(|s| Value::String(s.to_owned())).unwrap_or(Value::Null);
+                    let got = r
+                        .header(k)
+                        .map(|s| Value::String(s.to_owned()))
+                        .unwrap_or(Value::Null);
                     if let Some(m) = mismatch(v, &got, &format!("header {k}")) {
                         return Some(m);
                     }
@@ -886,7 +965,9 @@ async fn run_case_in(h: &Harness, flow: &CompiledFlow, case: &Case) -> anyhow::R
             "{} {}{}",
             a.method.as_deref().unwrap_or("any method"),
             a.path.as_deref().unwrap_or("(any path)"),
-            body.as_ref().map(|b| format!(" with body ⊇ {}", compact(b))).unwrap_or_default()
+            body.as_ref()
+                .map(|b| format!(" with body ⊇ {}", compact(b)))
+                .unwrap_or_default()
         );
         let mut msg = match a.count {
             Some(n) => format!("expected the app to receive {n} request(s) {what}, got {matching}"),
@@ -897,7 +978,12 @@ async fn run_case_in(h: &Harness, flow: &CompiledFlow, case: &Case) -> anyhow::R
         }
         for r in &received {
             let why = why_not(r).unwrap_or_else(|| "matches".into());
-            msg.push_str(&format!("\n    {} {} {}: {why}", r.method, r.path, compact(&r.body)));
+            msg.push_str(&format!(
+                "\n    {} {} {}: {why}",
+                r.method,
+                r.path,
+                compact(&r.body)
+            ));
         }
         failures.push(msg);
     }
@@ -916,11 +1002,10 @@ async fn check_contact(
         .as_ref()
         .map(|e| render(&format!("expect.contacts[{i}].email"), &json!(e), vars))
         .transpose()?;
-    let id = c
-        .id
-        .as_ref()
-        .map(|e| render(&format!("expect.contacts[{i}].id"), &json!(e), vars))
-        .transpose()?;
+    let id =
+        c.id.as_ref()
+            .map(|e| render(&format!("expect.contacts[{i}].id"), &json!(e), vars))
+            .transpose()?;
     let (label, contact) = match (&email, &id) {
         (_, Some(id)) => {
             let id = id.as_str().unwrap_or_default().to_owned();
@@ -932,8 +1017,13 @@ async fn check_contact(
         }
         (Some(email), None) => {
             let email = email.as_str().unwrap_or_default().to_owned();
-            let body = h.call("contacts.find_duplicate", json!({ "email": email })).await?;
-            (format!("contact({email})"), body.get("contact").cloned().filter(|c| !c.is_null()))
+            let body = h
+                .call("contacts.find_duplicate", json!({ "email": email }))
+                .await?;
+            (
+                format!("contact({email})"),
+                body.get("contact").cloned().filter(|c| !c.is_null()),
+            )
         }
         (None, None) => bail!("give `email` or `id`"),
     };
@@ -962,12 +1052,16 @@ async fn check_contact(
         .collect();
     for t in &c.tags_include {
         if !tags.contains(&t.to_lowercase()) {
-            failures.push(format!("{label}.tags does not contain {t:?}; tags are {tags:?}"));
+            failures.push(format!(
+                "{label}.tags does not contain {t:?}; tags are {tags:?}"
+            ));
         }
     }
     for t in &c.tags_exclude {
         if tags.contains(&t.to_lowercase()) {
-            failures.push(format!("{label}.tags contains {t:?}, expected it not to; tags are {tags:?}"));
+            failures.push(format!(
+                "{label}.tags contains {t:?}, expected it not to; tags are {tags:?}"
+            ));
         }
     }
     let cid = contact["id"].as_str().unwrap_or_default().to_owned();
@@ -987,7 +1081,11 @@ async fn check_contact(
                     "{label}: no {} matches {}; {kind}: {}",
                     &kind[..kind.len() - 1],
                     compact(&w),
-                    if have.is_empty() { "none".to_owned() } else { have.iter().map(compact).collect::<Vec<_>>().join(", ") }
+                    if have.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        have.iter().map(compact).collect::<Vec<_>>().join(", ")
+                    }
                 ));
             }
         }
@@ -1009,7 +1107,14 @@ fn describe_runs(runs: &[RunDetail]) -> String {
     }
     let list: Vec<String> = runs
         .iter()
-        .map(|d| format!("{} ({}): event {}", d.run.id, d.run.state, compact(&d.event.payload)))
+        .map(|d| {
+            format!(
+                "{} ({}): event {}",
+                d.run.id,
+                d.run.state,
+                compact(&d.event.payload)
+            )
+        })
         .collect();
     format!("\n    {}", list.join("\n    "))
 }
@@ -1045,12 +1150,20 @@ pub fn mismatch(expected: &Value, actual: &Value, path: &str) -> Option<String> 
         }),
         (Value::Array(e), Value::Array(a)) => e.iter().find_map(|ev| {
             (!a.iter().any(|av| mismatch(ev, av, path).is_none())).then(|| {
-                format!("{path}: no element matches {} (got {})", compact(ev), compact(actual))
+                format!(
+                    "{path}: no element matches {} (got {})",
+                    compact(ev),
+                    compact(actual)
+                )
             })
         }),
         (Value::Number(e), Value::Number(a)) if e.as_f64() == a.as_f64() => None,
         (e, a) if e == a => None,
-        (e, a) => Some(format!("{path}: expected {}, got {}", compact(e), compact(a))),
+        (e, a) => Some(format!(
+            "{path}: expected {}, got {}",
+            compact(e),
+            compact(a)
+        )),
     }
 }
 
@@ -1090,12 +1203,22 @@ mod tests {
     async fn every_template_passes_its_behaviour_tests() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../flows/templates");
         let files = collect(&[dir]).expect("test files");
-        assert!(files.len() >= 6, "expected a test file per template: {files:?}");
+        assert!(
+            files.len() >= 6,
+            "expected a test file per template: {files:?}"
+        );
         let mut failed = Vec::new();
         for f in &files {
-            let report = run_file(f).await.unwrap_or_else(|e| panic!("{}: {e:#}", f.display()));
+            let report = run_file(f)
+                .await
+                .unwrap_or_else(|e| panic!("{}: {e:#}", f.display()));
             for c in report.cases.iter().filter(|c| !c.failures.is_empty()) {
-                failed.push(format!("{} / {}:\n  {}", f.display(), c.name, c.failures.join("\n  ")));
+                failed.push(format!(
+                    "{} / {}:\n  {}",
+                    f.display(),
+                    c.name,
+                    c.failures.join("\n  ")
+                ));
             }
         }
         assert!(failed.is_empty(), "{}", failed.join("\n"));

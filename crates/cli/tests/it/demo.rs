@@ -42,7 +42,10 @@ fn demo_once_succeeds_and_leaves_its_runs() {
     let all = text(&out);
     assert!(out.status.success(), "{all}");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("10 of 10 expected changes happened"), "{all}");
+    assert!(
+        stdout.contains("10 of 10 expected changes happened"),
+        "{all}"
+    );
     for flow in [
         "tag-segmentation",
         "task-updates",
@@ -51,7 +54,10 @@ fn demo_once_succeeds_and_leaves_its_runs() {
         "notes-to-app",
         "task-reminders",
     ] {
-        assert!(stdout.contains(flow), "{flow} missing from the output\n{all}");
+        assert!(
+            stdout.contains(flow),
+            "{flow} missing from the output\n{all}"
+        );
     }
 
     let runs = hlbridge(&["runs", "--data", d, "--json", "--limit", "1000"]);
@@ -59,11 +65,18 @@ fn demo_once_succeeds_and_leaves_its_runs() {
     let list: serde_json::Value = serde_json::from_slice(&runs.stdout).expect("runs JSON");
     let list = list.as_array().expect("array");
     assert!(list.len() >= 10, "{}", text(&runs));
-    assert!(list.iter().all(|r| r["state"] == "succeeded" || r["state"] == "skipped"));
+    assert!(
+        list.iter()
+            .all(|r| r["state"] == "succeeded" || r["state"] == "skipped")
+    );
     let id = list[0]["id"].as_str().expect("id");
     let show = hlbridge(&["runs", "show", id, "--data", d]);
     assert!(show.status.success(), "{}", text(&show));
-    assert!(String::from_utf8_lossy(&show.stdout).contains("step 1"), "{}", text(&show));
+    assert!(
+        String::from_utf8_lossy(&show.stdout).contains("step 1"),
+        "{}",
+        text(&show)
+    );
     let _ = std::fs::remove_dir_all(&data);
 }
 
@@ -80,7 +93,11 @@ fn flows_validate_and_test_pass_on_the_templates() {
     );
     let out = hlbridge(&["flows", "test", dir]);
     assert!(out.status.success(), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("0 failed"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("0 failed"),
+        "{}",
+        text(&out)
+    );
 }
 
 /// Every problem of every file is reported with file:line:col, and the exit status says so.
@@ -111,7 +128,11 @@ fn flows_validate_reports_every_error() {
 #[test]
 fn flows_test_reports_a_clear_diff() {
     let dir = temp_dir("diff");
-    std::fs::copy(templates().join("tag-segmentation.toml"), dir.join("flow.toml")).expect("copy");
+    std::fs::copy(
+        templates().join("tag-segmentation.toml"),
+        dir.join("flow.toml"),
+    )
+    .expect("copy");
     std::fs::write(
         dir.join("flow.test.toml"),
         r#"flow = "flow.toml"

@@ -539,16 +539,7 @@ mod tests {
     use crate::store::Docs;
     use parking_lot::RwLock;
 
-    fn body(r: &HResult) -> Value {
-        r.as_ref().map(|r| r.body.clone()).unwrap_or(Value::Null)
-    }
-
-    fn status(r: &HResult) -> u16 {
-        match r {
-            Ok(r) => r.status,
-            Err(e) => e.status,
-        }
-    }
+    use crate::handlers::testing::{body, status};
 
     fn contacts(docs: &RwLock<Docs>, ids: &[&str]) {
         let mut ctx = Ctx::new(Guard::Write(docs.write()), 1_700_000_000_000);

@@ -388,16 +388,7 @@ mod tests {
     use parking_lot::RwLock;
     use rand::SeedableRng;
 
-    fn body(r: &HResult) -> Value {
-        r.as_ref().map(|r| r.body.clone()).unwrap_or(Value::Null)
-    }
-
-    fn status(r: &HResult) -> u16 {
-        match r {
-            Ok(r) => r.status,
-            Err(e) => e.status,
-        }
-    }
+    use crate::handlers::testing::{body, status};
 
     /// Seeds loc1 and returns (blog, author, category) ids.
     fn seeded(docs: &RwLock<Docs>) -> (String, String, String) {

@@ -275,7 +275,7 @@ fn find_match(
 }
 
 /// The webhook payload of a contact event: the contact's documented fields plus `type`.
-fn contact_event(kind: &str, c: &Value) -> Value {
+pub(crate) fn contact_event(kind: &str, c: &Value) -> Value {
     let mut p = Map::new();
     p.insert("type".into(), json!(kind));
     for k in [

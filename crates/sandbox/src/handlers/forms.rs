@@ -153,46 +153,6 @@ fn survey_submissions(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
     submissions(ctx, req, SURVEY_SUBMISSION, "surveyId")
 }
 
-/// The ContactUpdate payload (the contact's documented fields plus `type`).
-fn contact_event(c: &Value) -> Value {
-    let mut p = Map::new();
-    p.insert("type".into(), json!("ContactUpdate"));
-    for k in [
-        "locationId",
-        "id",
-        "address1",
-        "city",
-        "state",
-        "companyName",
-        "country",
-        "source",
-        "dateAdded",
-        "dateOfBirth",
-        "dnd",
-        "email",
-        "name",
-        "firstName",
-        "lastName",
-        "phone",
-        "postalCode",
-        "tags",
-        "website",
-        "attachments",
-        "assignedTo",
-        "customFields",
-    ] {
-        if let Some(v) = c.get(k) {
-            p.insert(k.into(), v.clone());
-        }
-    }
-    if !p.contains_key("name")
-        && let Some(n) = c.get("contactName")
-    {
-        p.insert("name".into(), n.clone());
-    }
-    Value::Object(p)
-}
-
 /// `POST /forms/upload-custom-files?contactId&locationId`: in HighLevel a multipart upload whose
 /// parts are named `<customFieldId>_<fileId>`. The sandbox accepts the same names as keys of a
 /// JSON object (value: a file name, a URL, or `{name, url, mimetype, size}`) or an empty body,
@@ -281,7 +241,11 @@ fn upload_custom_files(ctx: &mut Ctx<'_>, req: &Req) -> HResult {
     c["customFields"] = json!(fields);
     c["dateUpdated"] = json!(iso(ctx.now_ms));
     ctx.replace(CONTACT, contact_id, c.clone())?;
-    ctx.emit("ContactUpdate", &loc, contact_event(&c));
+    ctx.emit(
+        "ContactUpdate",
+        &loc,
+        super::contacts::contact_event("ContactUpdate", &c),
+    );
     ok(json!({ "contact": c }))
 }
 
@@ -434,16 +398,7 @@ mod tests {
 
     const NOW: i64 = 1_700_000_000_000;
 
-    fn body(r: &HResult) -> Value {
-        r.as_ref().map(|r| r.body.clone()).unwrap_or(Value::Null)
-    }
-
-    fn status(r: &HResult) -> u16 {
-        match r {
-            Ok(r) => r.status,
-            Err(e) => e.status,
-        }
-    }
+    use crate::handlers::testing::{body, status};
 
     fn seeded(docs: &RwLock<Docs>) -> Seed {
         let mut ctx = Ctx::new(Guard::Write(docs.write()), NOW);

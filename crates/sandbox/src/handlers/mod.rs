@@ -524,6 +524,19 @@ pub mod testing {
     use super::*;
     use parking_lot::RwLock;
 
+    /// The JSON body of a handler result (`null` for an error).
+    pub fn body(r: &HResult) -> Value {
+        r.as_ref().map(|r| r.body.clone()).unwrap_or(Value::Null)
+    }
+
+    /// The status of a handler result.
+    pub fn status(r: &HResult) -> u16 {
+        match r {
+            Ok(r) => r.status,
+            Err(e) => e.status,
+        }
+    }
+
     /// A caller acting for `location_id` with every scope.
     pub fn caller(location_id: &str) -> Caller {
         Caller {

@@ -1157,16 +1157,7 @@ mod tests {
     use crate::store::Docs;
     use parking_lot::RwLock;
 
-    fn body(r: &HResult) -> Value {
-        r.as_ref().map(|r| r.body.clone()).unwrap_or(Value::Null)
-    }
-
-    fn status(r: &HResult) -> u16 {
-        match r {
-            Ok(r) => r.status,
-            Err(e) => e.status,
-        }
-    }
+    use crate::handlers::testing::{body, status};
 
     const ALT: [(&str, &str); 2] = [("altId", "loc1"), ("altType", "location")];
 
