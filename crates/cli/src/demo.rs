@@ -80,6 +80,9 @@ struct Demo {
     http: reqwest::Client,
     data_dir: PathBuf,
     run_id: String,
+    /// When the demo started: runs older than this (an earlier demo with the same
+    /// `--data`) are not shown.
+    since: OffsetDateTime,
 }
 
 fn email(c: &Value) -> String {
@@ -153,6 +156,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 
 impl Demo {
     async fn start(args: &DemoArgs) -> anyhow::Result<Demo> {
+        let since = OffsetDateTime::now_utc();
         let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
         let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
         let sandbox = Sandbox::start(SandboxConfig {
@@ -271,6 +275,7 @@ impl Demo {
             http,
             data_dir,
             run_id,
+            since,
         };
         // Like registering a webhook URL in HighLevel's marketplace app settings.
         let hook = format!("{}/hooks/highlevel", demo.server_url());
@@ -501,7 +506,10 @@ impl Demo {
             "   6. task \"Renewal call\" due today created for {} in HighLevel",
             email(&cast.reminded)
         );
-        print!("      waiting for hlbridge to finish …");
+        println!(
+            "      HighLevel → signed TaskCreate webhook → POST /hooks/highlevel (its reminder comes in step 9)"
+        );
+        waiting();
         let n1 = self.settle().await?;
         println!(" {n1} runs done ({:.1} s)", t0.elapsed().as_secs_f64());
 
@@ -561,7 +569,7 @@ impl Demo {
             )
             .await?;
         println!("   9. the task-reminders schedule (daily at 08:00 UTC) fired now");
-        print!("      waiting for hlbridge to finish …");
+        waiting();
         let n2 = self.settle().await?;
         println!(
             " {} more runs done ({:.1} s)",
@@ -697,7 +705,11 @@ impl Demo {
             })
             .await?;
         let mut out = Vec::new();
-        for r in list.into_iter().rev() {
+        for r in list
+            .into_iter()
+            .rev()
+            .filter(|r| r.created_at >= self.since)
+        {
             if let Some(d) = self.engine.store().run_detail(r.id).await? {
                 out.push(d);
             }
@@ -945,6 +957,13 @@ impl Demo {
         self.app.shutdown().await;
         self.sandbox.shutdown().await;
     }
+}
+
+/// Prints the start of the "waiting" line now (stdout is line-buffered).
+fn waiting() {
+    use std::io::Write;
+    print!("      waiting for hlbridge to finish …");
+    let _ = std::io::stdout().flush();
 }
 
 /// The trigger of a run, for people.

@@ -284,46 +284,67 @@ pub fn flow_path(test_file: &Path, test: &TestFile) -> PathBuf {
         .join(&test.flow)
 }
 
-/// Static checks of a test file (flow reference, operation ids): one message per problem.
+/// Static checks of a test file (flow reference, operation ids, states): one message per
+/// problem, `file:line:col: error: …` where the position can be found.
 pub fn check(test_file: &Path, test: &TestFile) -> Vec<String> {
-    let name = test_file.display();
+    let name = test_file.display().to_string();
+    let text = std::fs::read_to_string(test_file).unwrap_or_default();
+    // The position of the first `key = "value"` in the file (1:1 when not found).
+    let at = |key: &str, value: &str| -> String {
+        let pos = [format!("{key} = \"{value}\""), format!("\"{value}\"")]
+            .iter()
+            .find_map(|needle| text.find(needle.as_str()))
+            .map_or((1, 1), |o| super::line_col(&text, o));
+        format!("{name}:{}:{}", pos.0, pos.1)
+    };
     let mut problems = Vec::new();
-    if !flow_path(test_file, test).is_file() {
+    let flow = flow_path(test_file, test);
+    if !flow.is_file() {
         problems.push(format!(
-            "{name}: error: flow file {} does not exist",
-            flow_path(test_file, test).display()
+            "{}: error: flow file {} does not exist",
+            at("flow", &test.flow),
+            flow.display()
         ));
     }
     if test.cases.is_empty() {
-        problems.push(format!("{name}: error: no [[cases]]"));
+        problems.push(format!("{name}:1:1: error: no [[cases]]"));
     }
-    let mut ops: Vec<(&str, &str)> = Vec::new();
     for case in &test.cases {
-        for s in &case.setup {
-            ops.push((&case.name, &s.operation));
-        }
-        for c in &case.expect.calls {
-            ops.push((&case.name, &c.operation));
+        let ops = case
+            .setup
+            .iter()
+            .map(|s| &s.operation)
+            .chain(case.expect.calls.iter().map(|c| &c.operation));
+        for op in ops {
+            if hlbridge_highlevel::operations::find(op).is_some() {
+                continue;
+            }
+            let near = hlbridge_highlevel::operations::suggest(op, 3);
+            problems.push(format!(
+                "{}: error: case {:?}: unknown operation `{op}`{}",
+                at("operation", op),
+                case.name,
+                if near.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "\n  hint: did you mean {}?",
+                        near.iter()
+                            .map(|n| format!("`{n}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                }
+            ));
         }
         if let Some(s) = &case.expect.state
             && s.parse::<RunState>().is_err()
         {
             problems.push(format!(
-                "{name}: error: case {:?}: unknown state {s:?} (succeeded, skipped, dead, failed, queued, running)",
-                case.name
-            ));
-        }
-    }
-    for (case, op) in ops {
-        if hlbridge_highlevel::operations::find(op).is_none() {
-            let near = hlbridge_highlevel::operations::suggest(op, 3);
-            problems.push(format!(
-                "{name}: error: case {case:?}: unknown operation `{op}`{}",
-                if near.is_empty() {
-                    String::new()
-                } else {
-                    format!("\n  hint: did you mean {}?", near.join(", "))
-                }
+                "{}: error: case {:?}: unknown state {s:?}\n  hint: one of {}",
+                at("state", s),
+                case.name,
+                RunState::ALL.map(RunState::as_str).join(", ")
             ));
         }
     }

@@ -194,7 +194,7 @@ async fn a_sigkilled_engine_applies_every_accepted_event_exactly_once_after_rest
     let resp = http
         .post(format!("{}/faults", info.admin_url))
         .bearer_auth(&info.admin_token)
-        .json(&json!({"route": "contacts.tags.add", "latencyMs": 150}))
+        .json(&json!({"route": "contacts.tags.add", "latencyMs": 250}))
         .send()
         .await
         .expect("fault");

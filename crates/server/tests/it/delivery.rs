@@ -309,3 +309,109 @@ async fn runs_that_fail_for_good_are_dead_lettered_with_the_body_and_replay_succ
     );
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn graceful_shutdown_finishes_the_step_in_flight_releases_the_run_and_a_restart_resumes_it() {
+    let h = Harness::start(
+        "graceful",
+        Options {
+            flows: vec![NOTE_THEN_TAG.into()],
+            ..Options::default()
+        },
+    )
+    .await;
+    let c = h.contact("grace@example.com", "Grace").await;
+    // The note step takes a while: shutdown is asked for while it is in flight.
+    h.fault(json!({"route": "contacts.notes.create", "latencyMs": 1000}))
+        .await;
+    send_app(
+        &h,
+        "note_then_tag",
+        json!({"contact": c, "n": 7, "tag": "resumed"}),
+    )
+    .await;
+    crate::harness::wait_for(10, "the run to start", || async {
+        h.runs("note_then_tag")
+            .await
+            .iter()
+            .any(|r| r.state == RunState::Running)
+    })
+    .await;
+    let Harness {
+        sandbox,
+        engine,
+        server,
+        http,
+        ..
+    } = h;
+    let old_url = server.base_url.clone();
+    server.shutdown().await.expect("graceful shutdown");
+    assert!(
+        http.get(format!("{old_url}/healthz")).send().await.is_err(),
+        "no longer accepting"
+    );
+
+    let run = engine
+        .store()
+        .list_runs(&Default::default())
+        .await
+        .expect("runs")
+        .pop()
+        .expect("the run");
+    assert_eq!(
+        run.state,
+        RunState::Queued,
+        "released for another worker: {run:#?}"
+    );
+    let d = engine
+        .store()
+        .run_detail(run.id)
+        .await
+        .expect("detail")
+        .expect("run");
+    let done: Vec<&str> = d
+        .steps
+        .iter()
+        .filter(|s| s.succeeded())
+        .map(|s| s.step_id.as_str())
+        .collect();
+    assert_eq!(done, ["note"], "the step in flight finished and was saved");
+
+    // A new server on the same engine (store) resumes the run after its note.
+    let again = hlbridge_server::serve(
+        engine.clone(),
+        hlbridge_server::ServeConfig {
+            bind: "127.0.0.1:0".parse().expect("addr"),
+            run_triggers: false,
+            ..hlbridge_server::ServeConfig::default()
+        },
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    .expect("serve again");
+    crate::harness::wait_for(10, "the resumed run", || async {
+        engine
+            .store()
+            .run_detail(run.id)
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|d| d.run.state == RunState::Succeeded)
+    })
+    .await;
+    let count = sandbox
+        .shared()
+        .docs
+        .read()
+        .iter("note")
+        .filter(|(_, n)| n.body["body"].as_str() == Some("note 7"))
+        .count();
+    assert_eq!(count, 1, "the note was not created again");
+    let tags = sandbox
+        .doc("contact", &c)
+        .and_then(|d| d["tags"].as_array().cloned())
+        .unwrap_or_default();
+    assert!(tags.contains(&json!("resumed")), "{tags:?}");
+    again.shutdown().await.expect("shutdown");
+    sandbox.shutdown().await;
+}
