@@ -62,6 +62,8 @@ pub struct Harness {
     /// What tests use to change the sandbox (with the client's retries).
     pub hl: Arc<dyn HighLevelApi>,
     pub http: reqwest::Client,
+    /// The engine's data directory (removed by [`Harness::shutdown`]).
+    pub data: PathBuf,
 }
 
 pub fn temp_dir(tag: &str) -> PathBuf {
@@ -120,7 +122,8 @@ impl Harness {
         let api = api_for(&info, 1);
         let hl = api_for(&info, 5);
 
-        let mut cfg = EngineConfig::with_data_dir(temp_dir(tag));
+        let data = temp_dir(tag);
+        let mut cfg = EngineConfig::with_data_dir(&data);
         cfg.idle_poll = Duration::from_millis(20);
         cfg.lease = Duration::from_secs(5);
         cfg.workers = 2;
@@ -183,6 +186,7 @@ impl Harness {
             server,
             hl,
             http: reqwest::Client::new(),
+            data,
         }
     }
 
@@ -299,6 +303,7 @@ impl Harness {
     pub async fn shutdown(self) {
         self.server.shutdown().await.expect("clean shutdown");
         self.sandbox.shutdown().await;
+        let _ = std::fs::remove_dir_all(&self.data);
     }
 }
 
