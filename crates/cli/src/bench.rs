@@ -23,6 +23,7 @@ mod harness;
 mod latency;
 mod machine;
 mod memory;
+mod profile;
 mod stats;
 mod throughput;
 
@@ -114,6 +115,9 @@ pub(crate) struct EngineBenchArgs {
     /// Keep the temporary data directories (printed) instead of deleting them.
     #[arg(long)]
     pub(crate) keep: bool,
+    /// Also count and time every store call (throughput and latency parts) and print them.
+    #[arg(long)]
+    pub(crate) profile: bool,
 }
 
 /// Runs `hlbridge bench`.
@@ -156,5 +160,9 @@ async fn engine(args: EngineBenchArgs) -> Result<()> {
 
 /// `✔ met` or `✘ missed`.
 pub(crate) fn verdict(ok: bool) -> &'static str {
-    if ok { "✔ target met" } else { "✘ target MISSED" }
+    if ok {
+        "✔ target met"
+    } else {
+        "✘ target MISSED"
+    }
 }

@@ -1,6 +1,7 @@
 //! `hlbridge`: the command-line entry point. Each subcommand lives in its own module; this
 //! file only parses arguments and dispatches.
 
+mod bench;
 mod call;
 mod catalog;
 mod demo;
@@ -37,6 +38,8 @@ enum Command {
     Replay(runs::ReplayArgs),
     /// Run the engine: webhook ingress, contact lookup, workers, polls and schedules.
     Serve(serve::ServeArgs),
+    /// Benchmarks that print their figures: `bench engine` (runs/s, added latency, memory).
+    Bench(bench::BenchArgs),
 }
 
 fn init_tracing() {
@@ -61,6 +64,7 @@ async fn main() -> std::process::ExitCode {
         Command::Runs(args) => runs::run(args).await,
         Command::Replay(args) => runs::replay(args).await,
         Command::Serve(args) => serve::run(args).await,
+        Command::Bench(args) => bench::run(args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

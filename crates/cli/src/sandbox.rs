@@ -71,9 +71,7 @@ fn config(args: &SandboxArgs) -> Result<SandboxConfig> {
     let faults = args
         .faults
         .iter()
-        .map(|f| {
-            serde_json::from_str::<FaultRule>(f).with_context(|| format!("--fault {f}"))
-        })
+        .map(|f| serde_json::from_str::<FaultRule>(f).with_context(|| format!("--fault {f}")))
         .collect::<Result<Vec<_>>>()?;
     Ok(SandboxConfig {
         bind: SocketAddr::new(args.host, args.port),
@@ -110,7 +108,9 @@ pub async fn run(args: SandboxArgs) -> Result<()> {
         "hlbridge sandbox listening on {} (Ctrl-C to stop)",
         sandbox.base_url
     );
-    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
     sandbox.shutdown().await;
     Ok(())
 }
