@@ -19,6 +19,7 @@
 //! Everything (load generator, server, engine, sandbox) runs in this one process, so the
 //! figures include the load generator's own CPU time on the same cores.
 
+mod cluster;
 mod harness;
 mod latency;
 mod machine;
@@ -43,6 +44,8 @@ pub struct BenchArgs {
 enum BenchCommand {
     /// The engine: runs per second, added latency and memory with many flows (issue 4).
     Engine(EngineBenchArgs),
+    /// Runs per second with 1, 2, 4… `hlbridge worker` processes on PostgreSQL (issue 7).
+    Cluster(cluster::ClusterBenchArgs),
 }
 
 /// Which parts of `bench engine` to run.
@@ -103,9 +106,9 @@ pub(crate) struct EngineBenchArgs {
     /// Engine worker tasks.
     #[arg(long, default_value_t = 2, value_name = "W")]
     pub(crate) workers: usize,
-    /// Runs a worker claims (and runs concurrently) at a time.
-    #[arg(long, default_value_t = 64, value_name = "N")]
-    pub(crate) claim_batch: u32,
+    /// Runs a worker claims (and runs concurrently) at a time (default: the engine's).
+    #[arg(long, value_name = "N")]
+    pub(crate) claim_batch: Option<u32>,
     /// How events reach the engine.
     #[arg(long, value_enum, default_value_t = Ingress::Http)]
     pub(crate) ingress: Ingress,
@@ -124,6 +127,7 @@ pub(crate) struct EngineBenchArgs {
 pub async fn run(args: BenchArgs) -> Result<()> {
     match args.command {
         BenchCommand::Engine(a) => engine(a).await,
+        BenchCommand::Cluster(a) => cluster::run(a).await,
     }
 }
 

@@ -34,9 +34,27 @@ pub struct DataArgs {
     /// else `$XDG_DATA_HOME/hlbridge`, else `~/.local/share/hlbridge`.
     #[arg(long, env = "HLBRIDGE_DATA", value_name = "DIR")]
     pub data: Option<PathBuf>,
+    /// PostgreSQL URL (`postgres://user:password@host:5432/database`); without it, SQLite
+    /// in --data.
+    #[arg(
+        long,
+        env = "HLBRIDGE_DATABASE_URL",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    pub database: Option<String>,
 }
 
 impl DataArgs {
+    /// The store these options name (`--database`, else SQLite in `--data`).
+    pub fn db(&self) -> crate::engine_args::DatabaseArgs {
+        crate::engine_args::DatabaseArgs {
+            data: self.data.clone(),
+            database: self.database.clone(),
+            db_connections: 4,
+        }
+    }
+
     /// The data directory.
     pub fn dir(&self) -> PathBuf {
         self.data
@@ -454,14 +472,20 @@ async fn run_flow(args: RunArgs) -> anyhow::Result<()> {
     let mut config = EngineConfig::with_data_dir(args.data.dir());
     args.apps.apply(&mut config)?;
     let connection = flow.flow.connection.clone();
-    let engine = match highlevel_api(&args.highlevel, &[&connection])? {
-        Some(api) => Engine::open_with(config, api).await?,
-        None => {
-            eprintln!(
-                "note: no HighLevel token (--token or HLBRIDGE_TOKEN): HighLevel steps will fail"
-            );
-            Engine::open(config).await?
+    let api = highlevel_api(&args.highlevel, &[&connection])?;
+    if api.is_none() {
+        eprintln!(
+            "note: no HighLevel token (--token or HLBRIDGE_TOKEN): HighLevel steps will fail"
+        );
+    }
+    let engine = match (&args.data.database, api) {
+        (Some(_), api) => {
+            let (_, store) = args.data.db().open(false).await?;
+            let api = api.unwrap_or_else(|| Arc::new(hlbridge_engine::api::NoHighLevel));
+            Engine::with_store(config, store, api)?
         }
+        (None, Some(api)) => Engine::open_with(config, api).await?,
+        (None, None) => Engine::open(config).await?,
     };
     let id = flow.id().to_owned();
     engine.add_flows(vec![flow]).await?;

@@ -1,14 +1,23 @@
 //! `hlbridge`: the command-line entry point. Each subcommand lives in its own module; this
 //! file only parses arguments and dispatches.
 
+mod audit;
 mod bench;
 mod call;
 mod catalog;
+mod connect;
+mod connections;
 mod demo;
+mod engine_args;
 mod flows;
+mod migrate;
 mod runs;
 mod sandbox;
 mod serve;
+mod tokens;
+mod users;
+mod vault;
+mod worker;
 
 use clap::{Parser, Subcommand};
 
@@ -38,6 +47,22 @@ enum Command {
     Replay(runs::ReplayArgs),
     /// Run the engine: webhook ingress, contact lookup, workers, polls and schedules.
     Serve(serve::ServeArgs),
+    /// Execute runs from a store shared with `serve` (PostgreSQL: any number, any machines).
+    Worker(worker::WorkerArgs),
+    /// Apply the store's pending migrations (SQLite or PostgreSQL) and print what was done.
+    Migrate(migrate::MigrateArgs),
+    /// Store a connection: HighLevel (OAuth or Private Integration Token) or an app.
+    Connect(connect::ConnectArgs),
+    /// List connections with their health (ok, expiring, broken); show, check, remove.
+    Connections(connections::ConnectionsArgs),
+    /// Users of the admin API and UI: add, list, remove, role, password.
+    Users(users::UsersArgs),
+    /// API tokens with a role: create (shown once), list, revoke.
+    Tokens(tokens::TokensArgs),
+    /// The audit log: who did what, when and from where.
+    Audit(audit::AuditArgs),
+    /// The vault that encrypts stored secrets: rotate its key, show its status.
+    Vault(vault::VaultArgs),
     /// Benchmarks that print their figures: `bench engine` (runs/s, added latency, memory).
     Bench(bench::BenchArgs),
 }
@@ -64,6 +89,14 @@ async fn main() -> std::process::ExitCode {
         Command::Runs(args) => runs::run(args).await,
         Command::Replay(args) => runs::replay(args).await,
         Command::Serve(args) => serve::run(args).await,
+        Command::Worker(args) => worker::run(args).await,
+        Command::Migrate(args) => migrate::run(args).await,
+        Command::Connect(args) => connect::run(args).await,
+        Command::Connections(args) => connections::run(args).await,
+        Command::Users(args) => users::run(args).await,
+        Command::Tokens(args) => tokens::run(args).await,
+        Command::Audit(args) => audit::run(args).await,
+        Command::Vault(args) => vault::run(args).await,
         Command::Bench(args) => bench::run(args).await,
     };
     match result {

@@ -2,13 +2,12 @@
 //! input, output, error and timings) and `hlbridge replay <run-id> | --dead [--flow X]`
 //! (enqueue a finished run's event again; a running `hlbridge serve` executes it).
 
-use std::path::Path;
+use std::sync::Arc;
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::anyhow;
 use clap::{Args, Subcommand};
 use comfy_table::{ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
-use hlbridge_engine::store::database_path;
-use hlbridge_engine::{RunFilter, RunId, RunState, RunSummary, SqliteStore, Store};
+use hlbridge_engine::{RunFilter, RunId, RunState, RunSummary, Store};
 
 use crate::flows::{DataArgs, millis, print_run};
 
@@ -93,17 +92,10 @@ fn parse_id(s: &str) -> anyhow::Result<RunId> {
         .map_err(|_| anyhow!("{s:?} is not a run id (a UUID as `hlbridge runs` prints it)"))
 }
 
-/// Opens the store of an existing data directory (never creates one).
-pub async fn open_store(dir: &Path) -> anyhow::Result<SqliteStore> {
-    if !database_path(dir).is_file() {
-        bail!(
-            "no hlbridge database in {} (give --data DIR or set HLBRIDGE_DATA)",
-            dir.display()
-        );
-    }
-    SqliteStore::open(dir)
-        .await
-        .with_context(|| format!("opening the store in {}", dir.display()))
+/// Opens the existing store (`--database URL`, or SQLite in `--data DIR`: never creates
+/// one).
+pub async fn open_store(data: &DataArgs) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(data.db().open_existing().await?.1)
 }
 
 /// Runs `hlbridge runs`.
@@ -115,7 +107,7 @@ pub async fn run(args: RunsArgs) -> anyhow::Result<()> {
 }
 
 async fn list(args: ListArgs) -> anyhow::Result<()> {
-    let store = open_store(&args.data.dir()).await?;
+    let store = open_store(&args.data).await?;
     let runs = store
         .list_runs(&RunFilter {
             flow_id: args.flow.clone(),
@@ -186,7 +178,7 @@ pub fn table(runs: &[RunSummary]) -> Table {
 
 async fn show(args: ShowArgs) -> anyhow::Result<()> {
     let id = parse_id(&args.id)?;
-    let store = open_store(&args.data.dir()).await?;
+    let store = open_store(&args.data).await?;
     let detail = store
         .run_detail(id)
         .await?
@@ -201,7 +193,7 @@ async fn show(args: ShowArgs) -> anyhow::Result<()> {
 
 /// Runs `hlbridge replay`.
 pub async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
-    let store = open_store(&args.data.dir()).await?;
+    let store = open_store(&args.data).await?;
     let new = if args.dead {
         let ids = store.replay_dead(args.flow.as_deref()).await?;
         if ids.is_empty() {

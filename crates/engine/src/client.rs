@@ -75,6 +75,16 @@ impl ClientApi {
         self.connections.keys().map(String::as_str)
     }
 
+    /// The underlying client (its pacing budgets, for dashboards and metrics).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// A connection by name.
+    pub fn connection(&self, name: &str) -> Option<&Connection> {
+        self.connections.get(name)
+    }
+
     fn prepare(
         &self,
         connection: &str,

@@ -16,7 +16,8 @@ use crate::template::{CustomFieldResolver, HighLevelCustomFields};
 use crate::validate::{CompiledFlow, Diagnostic, ValidationContext};
 
 /// An app connection used by `http` steps: a base URL and headers carrying its secret.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// `Debug` shows the header names only.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppConnection {
     /// Base URL that relative step URLs are joined to.
     #[serde(default)]
@@ -27,8 +28,9 @@ pub struct AppConnection {
     pub headers: HashMap<String, String>,
 }
 
-/// Engine configuration.
-#[derive(Debug, Clone)]
+/// Engine configuration. `Debug` never shows secrets (app secrets and app connection
+/// headers are redacted).
+#[derive(Clone)]
 pub struct EngineConfig {
     /// Data directory; the database is `hlbridge.db` inside. See
     /// [`crate::store::default_data_dir`].
@@ -66,6 +68,34 @@ pub struct EngineConfig {
     /// validation: flows naming another connection, or calling an operation whose scope
     /// the connection lacks, are refused. `None`: not checked.
     pub highlevel_connections: Option<HashMap<String, Option<Vec<String>>>>,
+}
+
+impl std::fmt::Debug for AppConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut names: Vec<&String> = self.headers.keys().collect();
+        names.sort();
+        f.debug_struct("AppConnection")
+            .field("base_url", &self.base_url)
+            .field("headers", &names)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for EngineConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut secrets: Vec<&String> = self.app_secrets.keys().collect();
+        secrets.sort();
+        f.debug_struct("EngineConfig")
+            .field("data_dir", &self.data_dir)
+            .field("workers", &self.workers)
+            .field("lease", &self.lease)
+            .field("network", &self.network)
+            .field("app_secrets", &secrets)
+            .field("app_connections", &self.app_connections)
+            .field("highlevel_connections", &self.highlevel_connections)
+            .field("worker_name", &self.worker_name)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for EngineConfig {
@@ -133,6 +163,7 @@ pub(crate) struct Inner {
     pub(crate) http: reqwest::Client,
     pub(crate) wake: tokio::sync::Notify,
     pub(crate) verifier: hlbridge_highlevel::webhooks::WebhookVerifier,
+    pub(crate) security: crate::security::EngineSecurity,
 }
 
 /// The engine. Cheap to clone (shared state).
@@ -204,6 +235,7 @@ impl Engine {
                 http,
                 wake: tokio::sync::Notify::new(),
                 verifier,
+                security: Default::default(),
             }),
         })
     }

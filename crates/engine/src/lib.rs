@@ -9,10 +9,12 @@
 
 pub mod api;
 pub mod client;
+pub mod cluster;
 pub mod engine;
 pub mod flow;
 pub mod net;
 pub mod runner;
+pub mod security;
 pub mod store;
 pub mod template;
 pub mod triggers;

@@ -1,7 +1,10 @@
 //! The runner: workers claim due runs under a lease and execute their flow's steps.
 //!
 //! - Steps run in order; each one's input, output or error is saved, and a resumed run
-//!   (after a crash, a lapsed lease or a retry) skips the steps that already succeeded.
+//!   (after a crash, a lapsed lease or a retry) skips the steps that already succeeded. A
+//!   step's result is saved before the next step starts, and the last step's result in the
+//!   same write that ends the run ([`Store::finish_run`](crate::store::Store::finish_run)),
+//!   so a one-step run costs the store one write after its claim.
 //! - A `filter` (the flow's or a step) that is false ends the run as `skipped`; inside a
 //!   `for_each` it skips the current element only.
 //! - A transient failure (network, 429, 5xx) is retried with exponential backoff and full
@@ -24,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::StepError;
 use crate::engine::Engine;
 use crate::flow::RetryPolicy;
-use crate::store::{ClaimedRun, Failure, RunState, StepRecord, now};
+use crate::store::{ClaimedRun, Failure, RunEnd, RunState, StepRecord, now};
 use crate::template::{self, Mapping};
 use crate::validate::{CompiledFlow, CompiledStep};
 
@@ -80,8 +83,11 @@ impl Engine {
     /// `claim_batch` at a time, executed concurrently) and executes them.
     pub async fn run_worker(&self, worker_id: &str, shutdown: CancellationToken) {
         let cfg = &self.inner.config;
+        // Enqueues by other processes sharing the store (PostgreSQL `LISTEN`).
+        let remote_wake = self.inner.store.wakeups();
         while !shutdown.is_cancelled() {
             let wake = self.inner.wake.notified();
+            let remote = remote_wake.as_ref().map(|n| n.notified());
             let runs = match self
                 .inner
                 .store
@@ -97,6 +103,12 @@ impl Engine {
             if runs.is_empty() {
                 tokio::select! {
                     _ = wake => {}
+                    _ = async {
+                        match remote {
+                            Some(r) => r.await,
+                            None => std::future::pending().await,
+                        }
+                    } => {}
                     _ = tokio::time::sleep(cfg.idle_poll) => {}
                     _ = shutdown.cancelled() => {}
                 }
@@ -130,9 +142,18 @@ impl Engine {
                 "flow `{}` is not loaded in this process",
                 run.flow_id
             ));
-            self.finish_failed(&run, &RetryPolicy::default(), err).await;
+            self.finish_failed(&run, &RetryPolicy::default(), err, Vec::new())
+                .await;
             return;
         };
+        // A flow whose HighLevel connection is broken is paused: its runs wait.
+        if let Some(reason) = self.paused_by(&flow, false).await {
+            self.defer_paused(&run, &[], &reason).await;
+            return;
+        }
+        // Step results not saved yet: written before the next step starts, or with the
+        // run's end.
+        let mut pending = Vec::new();
         let renew = async {
             loop {
                 tokio::time::sleep(lease / 3).await;
@@ -144,22 +165,27 @@ impl Engine {
             }
         };
         let outcome = tokio::select! {
-            o = self.run_steps(&flow, &run, shutdown) => Some(o),
+            o = self.run_steps(&flow, &run, shutdown, &mut pending) => Some(o),
             () = renew => None,
         };
-        let result = match outcome {
+        let end = match outcome {
             None => {
                 tracing::warn!(run = %run.id, "lease lost; another worker owns the run now");
                 return;
             }
-            Some(Ok(())) => store.complete_run(&run, RunState::Succeeded).await,
-            Some(Err(Stop::Skip)) => store.complete_run(&run, RunState::Skipped).await,
-            Some(Err(Stop::Release)) => store.release_run(&run).await,
+            Some(Ok(())) => RunEnd::Complete(RunState::Succeeded),
+            Some(Err(Stop::Skip)) => RunEnd::Complete(RunState::Skipped),
+            Some(Err(Stop::Release)) => RunEnd::Release,
             Some(Err(Stop::Fail(e))) => {
-                self.finish_failed(&run, &flow.flow.retry, e).await;
+                if let Some(reason) = self.paused_by(&flow, true).await {
+                    self.defer_paused(&run, &pending, &reason).await;
+                    return;
+                }
+                self.finish_failed(&run, &flow.flow.retry, e, pending).await;
                 return;
             }
         };
+        let result = store.finish_run(&run, &pending, end).await;
         match result {
             Ok(true) => {}
             Ok(false) => {
@@ -169,7 +195,13 @@ impl Engine {
         }
     }
 
-    async fn finish_failed(&self, run: &ClaimedRun, policy: &RetryPolicy, e: StepError) {
+    async fn finish_failed(
+        &self,
+        run: &ClaimedRun,
+        policy: &RetryPolicy,
+        e: StepError,
+        steps: Vec<StepRecord>,
+    ) {
         let failure = if e.is_transient() && run.attempts < policy.max_attempts {
             let delay = backoff(policy, run.attempts, e.retry_after);
             Failure::RetryAt(now() + delay)
@@ -181,12 +213,12 @@ impl Engine {
             None => e.message.clone(),
         };
         tracing::info!(run = %run.id, flow = %run.flow_id, attempt = run.attempts, ?failure, error = %message, "run failed");
-        if let Err(err) = self
-            .inner
-            .store
-            .fail_run(run, &message, e.body.as_ref(), failure)
-            .await
-        {
+        let end = RunEnd::Fail {
+            error: message,
+            body: e.body,
+            failure,
+        };
+        if let Err(err) = self.inner.store.finish_run(run, &steps, end).await {
             tracing::error!(run = %run.id, error = %err, "saving the failure failed");
         }
     }
@@ -196,16 +228,13 @@ impl Engine {
         flow: &CompiledFlow,
         run: &ClaimedRun,
         shutdown: &CancellationToken,
+        pending: &mut Vec<StepRecord>,
     ) -> Result<(), Stop> {
-        let done: HashMap<String, StepRecord> = self
-            .inner
-            .store
-            .step_results(run.id)
-            .await
-            .map_err(store_error)?
-            .into_iter()
-            .filter(StepRecord::succeeded)
-            .map(|r| (r.step_id.clone(), r))
+        let done: HashMap<String, StepRecord> = run
+            .steps
+            .iter()
+            .filter(|r| r.succeeded())
+            .map(|r| (r.step_id.clone(), r.clone()))
             .collect();
         let def = &flow.flow;
         let received = run
@@ -249,6 +278,7 @@ impl Engine {
             &mut ctx,
             &done,
             shutdown,
+            pending,
         )
         .await
     }
@@ -263,6 +293,7 @@ impl Engine {
         ctx: &'a mut Value,
         done: &'a HashMap<String, StepRecord>,
         shutdown: &'a CancellationToken,
+        pending: &'a mut Vec<StepRecord>,
     ) -> BoxFuture<'a, Result<(), Stop>> {
         Box::pin(async move {
             for step in steps {
@@ -274,10 +305,21 @@ impl Engine {
                 if shutdown.is_cancelled() {
                     return Err(Stop::Release);
                 }
+                // The results so far are durable before this step does anything.
+                for record in pending.iter() {
+                    self.inner
+                        .store
+                        .save_step_result(run.id, record)
+                        .await
+                        .map_err(store_error)?;
+                }
+                pending.clear();
                 let started_at = now();
                 let mut input = None;
                 let result = self
-                    .run_step(flow, run, step, &key, ctx, done, shutdown, &mut input)
+                    .run_step(
+                        flow, run, step, &key, ctx, done, shutdown, &mut input, pending,
+                    )
                     .await;
                 let (output, error, stop) = match result {
                     Ok((output, stop)) => (Some(output), None, stop),
@@ -287,19 +329,14 @@ impl Engine {
                     }
                     Err(other) => return Err(other),
                 };
-                let record = StepRecord {
+                pending.push(StepRecord {
                     step_id: key,
                     input,
                     output: output.clone(),
                     error,
                     started_at,
                     finished_at: Some(now()),
-                };
-                self.inner
-                    .store
-                    .save_step_result(run.id, &record)
-                    .await
-                    .map_err(store_error)?;
+                });
                 if let Some(stop) = stop {
                     return Err(stop);
                 }
@@ -321,6 +358,7 @@ impl Engine {
         done: &HashMap<String, StepRecord>,
         shutdown: &CancellationToken,
         input: &mut Option<Value>,
+        pending: &mut Vec<StepRecord>,
     ) -> Result<(Value, Option<Stop>), Stop> {
         let mj = template::context(ctx);
         let location = ctx["flow"]["location_id"].as_str().map(str::to_owned);
@@ -485,7 +523,9 @@ impl Engine {
                     inner["index"] = json!(i);
                     let prefix = format!("{key}[{i}].");
                     match self
-                        .run_list(flow, run, steps, prefix, &mut inner, done, shutdown)
+                        .run_list(
+                            flow, run, steps, prefix, &mut inner, done, shutdown, pending,
+                        )
                         .await
                     {
                         Ok(()) | Err(Stop::Skip) => {}

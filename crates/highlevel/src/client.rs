@@ -18,6 +18,7 @@ use tracing::{Instrument, field};
 use url::Url;
 
 use crate::auth::Auth;
+use crate::budget::SharedBudget;
 use crate::error::{ApiError, Error, is_retryable_status, trace_id, truncate};
 use crate::operations::{self, Method, Operation};
 use crate::pacing::{BudgetSnapshot, GLOBAL_KEY, Pacer, PacingConfig, RateLimitHeaders};
@@ -72,6 +73,8 @@ struct Inner {
     http: reqwest::Client,
     config: ClientConfig,
     pacer: Pacer,
+    /// The budget shared with other processes, consulted after the local pacer.
+    shared: Option<Arc<dyn SharedBudget>>,
 }
 
 /// The HighLevel client. Cheap to clone (shares its connection pool and pacing state).
@@ -91,6 +94,20 @@ impl std::fmt::Debug for Client {
 impl Client {
     /// A client with `config`.
     pub fn new(config: ClientConfig) -> Result<Client, Error> {
+        Self::build(config, None)
+    }
+
+    /// A client with `config` whose requests also take a slot of `budget`, a rate budget
+    /// shared with other processes (see [`crate::budget`]). With pacing disabled in
+    /// `config`, the shared budget is not consulted either.
+    pub fn with_shared_budget(
+        config: ClientConfig,
+        budget: Arc<dyn SharedBudget>,
+    ) -> Result<Client, Error> {
+        Self::build(config, Some(budget))
+    }
+
+    fn build(config: ClientConfig, shared: Option<Arc<dyn SharedBudget>>) -> Result<Client, Error> {
         if config.base_url.cannot_be_a_base() {
             return Err(Error::InvalidParams {
                 operation: "client".into(),
@@ -110,6 +127,7 @@ impl Client {
             inner: Arc::new(Inner {
                 http,
                 pacer: Pacer::new(config.pacing.clone()),
+                shared: shared.filter(|_| config.pacing.enabled),
                 config,
             }),
         })
@@ -195,6 +213,10 @@ impl Client {
             span.record("attempt", attempt);
             let token = source.access_token().await?;
             let permit = self.inner.pacer.acquire(&key).await?;
+            let slot = match &self.inner.shared {
+                Some(budget) => Some(budget.acquire(&key).await?),
+                None => None,
+            };
 
             let mut builder = self
                 .inner
@@ -218,6 +240,11 @@ impl Client {
                     let status = resp.status().as_u16();
                     let headers = resp.headers().clone();
                     let rate_limit = RateLimitHeaders::from_headers(&headers);
+                    if let (Some(budget), Some(slot)) = (&self.inner.shared, slot) {
+                        budget
+                            .answered(slot, rate_limit.as_ref(), status == 429)
+                            .await;
+                    }
                     self.inner
                         .pacer
                         .observe(permit, rate_limit.as_ref(), status == 429);
@@ -227,6 +254,9 @@ impl Client {
                     }
                 }
                 Err(e) => {
+                    if let (Some(budget), Some(slot)) = (&self.inner.shared, slot) {
+                        budget.answered(slot, None, false).await;
+                    }
                     drop(permit);
                     Err(e)
                 }

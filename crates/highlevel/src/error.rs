@@ -82,6 +82,16 @@ pub enum Error {
         permanent: bool,
     },
 
+    /// The rate budget shared with other processes (kept in the database) could not be
+    /// consulted; nothing was sent.
+    #[error("the shared rate budget for '{key}' is unavailable: {message}")]
+    SharedBudget {
+        /// The pacing key (location or company id).
+        key: String,
+        /// What went wrong.
+        message: String,
+    },
+
     /// HighLevel's answer could not be understood.
     #[error("{operation}: could not read HighLevel's response: {message}")]
     Decode {
@@ -116,6 +126,7 @@ impl Error {
             Error::Api(e) => is_retryable_status(e.status),
             Error::Transport { .. } => true,
             Error::TokenRefresh { permanent, .. } => !permanent,
+            Error::SharedBudget { .. } => true,
             Error::UnknownOperation { .. }
             | Error::MissingParams { .. }
             | Error::InvalidParams { .. }

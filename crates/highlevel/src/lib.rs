@@ -5,6 +5,7 @@
 //! the sandbox, the engine and the CLI can all build on it.
 
 pub mod auth;
+pub mod budget;
 pub mod client;
 pub mod error;
 pub mod operations;

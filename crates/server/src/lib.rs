@@ -1,5 +1,6 @@
-//! hlbridge's HTTP side: webhook ingress into the engine, the contact lookup, health and
-//! metrics, and [`serve`], which runs them together with the engine's workers and triggers.
+//! hlbridge's HTTP side: webhook ingress into the engine, the contact lookup, the admin API
+//! and web UI, health and metrics, and [`serve`], which runs them together with the engine's
+//! workers and triggers.
 //!
 //! Routes (see [`router`]):
 //! - `POST /hooks/highlevel`: a signed HighLevel webhook → [`Engine::accept_highlevel_webhook`].
@@ -12,16 +13,36 @@
 //! - `GET /lookup/contact?email=…|id=…`: profile, tasks and notes in one JSON, cached
 //!   ([`lookup`]).
 //! - `GET /healthz`: 200 `{status: "ok"}` when the store answers, else 503.
-//! - `GET /metrics`: ingress and lookup counters, Prometheus text.
+//! - `GET /metrics`: Prometheus text: ingress and lookup counters, runs by state, queue
+//!   depth, step latency histogram, HighLevel calls by status, 429s received, budget
+//!   remaining per location, webhook signature failures.
+//! - `/api/v1/…`: the admin REST API ([`api`]), its OpenAPI document at
+//!   `/api/v1/openapi.json`.
+//! - everything else: the web UI ([`ui`]): dashboard, flow builder, templates, runs, dead
+//!   letters, connections, audit log, users and tokens.
+//!
+//! The admin API and the UI need a signed-in user or an API token ([`auth`]); users, roles,
+//! sessions, tokens and the audit log come from an [`access::AccessBackend`].
 //!
 //! Every rejected webhook (forged, stale, malformed, replayed) is logged with
 //! `tracing::warn!` (target `hlbridge::ingress`) and counted ([`metrics`]).
 
+pub mod access;
+pub mod api;
+pub mod auth;
+pub mod catalog;
+pub mod connections;
+pub mod flowstore;
+pub mod gallery;
 pub mod lookup;
 pub mod metrics;
 mod routes;
+pub mod telemetry;
+pub mod tester;
+pub mod ui;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,9 +50,13 @@ use hlbridge_engine::{Engine, HighLevelApi};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub use access::{AccessBackend, EngineAccess, NoAccess};
+pub use connections::{ConfiguredConnections, ConnectionsBackend};
+pub use flowstore::FlowStore;
 pub use lookup::{ContactLookup, Looked, LookupConfig, LookupError, LookupKey, LookupStats};
 pub use metrics::{IngressCounts, Metrics};
 pub use routes::router;
+pub use telemetry::{Telemetry, open_engine};
 
 use crate::metrics::IngressMetrics;
 
@@ -65,6 +90,20 @@ pub struct ServeConfig {
     /// On shutdown, how long in-flight requests and runs may take to finish before they are
     /// abandoned (an abandoned run is claimed again once its lease lapses).
     pub shutdown_grace: Duration,
+    /// Serve the admin API (`/api/v1`) and the web UI.
+    pub admin: bool,
+    /// Users, sessions, API tokens and the audit log. `None`: the engine's
+    /// ([`EngineAccess`] over `Engine::security`).
+    pub access: Option<Arc<dyn AccessBackend>>,
+    /// Connections. `None`: [`ConfiguredConnections`] of the engine configuration.
+    pub connections: Option<Arc<dyn ConnectionsBackend>>,
+    /// Where flows created or changed through the API and the UI are written as
+    /// `<id>.toml` (a flow loaded from a file is written back to that file). `None`: they
+    /// live in the engine and the database only (download them to keep them).
+    pub flows_dir: Option<PathBuf>,
+    /// The counters the engine's wrappers feed ([`open_engine`]). `None`: fresh ones (runs
+    /// by state and queue depth still come from the store).
+    pub telemetry: Option<Telemetry>,
 }
 
 impl std::fmt::Debug for ServeConfig {
@@ -81,6 +120,11 @@ impl std::fmt::Debug for ServeConfig {
             .field("run_workers", &self.run_workers)
             .field("run_triggers", &self.run_triggers)
             .field("shutdown_grace", &self.shutdown_grace)
+            .field("admin", &self.admin)
+            .field("access", &self.access.is_some())
+            .field("connections", &self.connections.is_some())
+            .field("flows_dir", &self.flows_dir)
+            .field("telemetry", &self.telemetry.is_some())
             .finish()
     }
 }
@@ -99,6 +143,11 @@ impl Default for ServeConfig {
             run_workers: true,
             run_triggers: true,
             shutdown_grace: Duration::from_secs(30),
+            admin: true,
+            access: None,
+            connections: None,
+            flows_dir: None,
+            telemetry: None,
         }
     }
 }
@@ -128,6 +177,11 @@ struct StateInner {
     lookup_token: Option<String>,
     body_limit: usize,
     ingress: IngressMetrics,
+    admin: bool,
+    access: Arc<dyn AccessBackend>,
+    connections: Arc<dyn ConnectionsBackend>,
+    flows: FlowStore,
+    telemetry: Telemetry,
 }
 
 /// What the handlers share: the engine, the contact lookup and the counters. Cheap to
@@ -147,8 +201,23 @@ impl std::fmt::Debug for ServerState {
 }
 
 impl ServerState {
-    /// The state for `engine` with `config`'s lookup and limits.
+    /// The state for `engine` with `config`'s lookup, limits and admin backends. Without
+    /// [`ServeConfig::access`], users come from the engine's security services
+    /// ([`EngineAccess`]), or nobody can sign in ([`NoAccess`]) when its store has none.
     pub fn new(engine: Engine, config: &ServeConfig) -> Self {
+        let access = config
+            .access
+            .clone()
+            .unwrap_or_else(|| match engine.security() {
+                Some(s) => EngineAccess::new(s).shared(),
+                None => Arc::new(NoAccess),
+            });
+        let connections = config.connections.clone().unwrap_or_else(|| {
+            Arc::new(ConfiguredConnections::new(
+                engine.clone(),
+                config.highlevel.clone(),
+            ))
+        });
         let lookup = ContactLookup::new(
             config.highlevel.clone(),
             LookupConfig {
@@ -165,6 +234,11 @@ impl ServerState {
                 lookup_token: config.lookup_token.clone(),
                 body_limit: config.body_limit,
                 ingress: IngressMetrics::default(),
+                admin: config.admin,
+                access,
+                connections,
+                flows: FlowStore::new(config.flows_dir.clone()),
+                telemetry: config.telemetry.clone().unwrap_or_default(),
             }),
         }
     }
@@ -185,6 +259,43 @@ impl ServerState {
             highlevel: self.inner.ingress.snapshot(metrics::Source::HighLevel),
             app: self.inner.ingress.snapshot(metrics::Source::App),
             lookup: self.inner.lookup.stats(),
+        }
+    }
+
+    /// Users, sessions, tokens and the audit log.
+    pub fn access(&self) -> &Arc<dyn AccessBackend> {
+        &self.inner.access
+    }
+
+    /// Connections.
+    pub fn connections(&self) -> &Arc<dyn ConnectionsBackend> {
+        &self.inner.connections
+    }
+
+    /// The flows' sources.
+    pub fn flows(&self) -> &FlowStore {
+        &self.inner.flows
+    }
+
+    /// The engine's counters.
+    pub fn telemetry(&self) -> &Telemetry {
+        &self.inner.telemetry
+    }
+
+    /// Whether the admin API and the UI are served.
+    pub fn admin_enabled(&self) -> bool {
+        self.inner.admin
+    }
+
+    /// Everything `/metrics` shows about the engine (asks the store for run counts).
+    pub async fn engine_metrics(&self) -> metrics::EngineMetrics {
+        let t = &self.inner.telemetry;
+        metrics::EngineMetrics {
+            runs_by_state: self.inner.engine.store().count_runs(None).await.ok(),
+            step_latency: t.step_latency(),
+            calls_by_status: t.calls_by_status(),
+            rate_limited: t.rate_limited(),
+            budgets: t.budgets(),
         }
     }
 

@@ -232,3 +232,116 @@ pub(crate) fn prometheus(m: &Metrics) -> String {
     let _ = writeln!(out, "hlbridge_lookup_cache_entries {}", l.entries);
     out
 }
+
+/// What `/metrics` adds from the store and the engine's [`crate::telemetry::Telemetry`].
+#[derive(Debug, Clone, Default)]
+pub struct EngineMetrics {
+    /// Runs by state (all flows); `None` when the store did not answer.
+    pub runs_by_state: Option<Vec<(hlbridge_engine::RunState, u64)>>,
+    /// Step latencies.
+    pub step_latency: crate::telemetry::Histogram,
+    /// HighLevel calls by status.
+    pub calls_by_status: std::collections::BTreeMap<String, u64>,
+    /// 429s received.
+    pub rate_limited: u64,
+    /// Remaining budget per location.
+    pub budgets: Vec<crate::telemetry::Budget>,
+}
+
+fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Renders the engine metrics in the Prometheus text format: runs by state, queue depth,
+/// the step latency histogram, HighLevel calls by status, 429s received, budget remaining
+/// per location, and webhook signature failures (from the ingress counters).
+pub(crate) fn prometheus_engine(m: &Metrics, e: &EngineMetrics) -> String {
+    let mut out = String::new();
+    if let Some(runs) = &e.runs_by_state {
+        out.push_str("# HELP hlbridge_runs Runs by state (all flows).\n");
+        out.push_str("# TYPE hlbridge_runs gauge\n");
+        for s in hlbridge_engine::RunState::ALL {
+            let n = runs
+                .iter()
+                .find(|(st, _)| *st == s)
+                .map_or(0, |(_, n)| *n);
+            let _ = writeln!(out, "hlbridge_runs{{state=\"{}\"}} {n}", s.as_str());
+        }
+        let depth: u64 = runs
+            .iter()
+            .filter(|(s, _)| {
+                matches!(
+                    s,
+                    hlbridge_engine::RunState::Queued | hlbridge_engine::RunState::Failed
+                )
+            })
+            .map(|(_, n)| n)
+            .sum();
+        out.push_str(
+            "# HELP hlbridge_queue_depth Runs waiting for a worker (queued, or failed and waiting for a retry).\n",
+        );
+        out.push_str("# TYPE hlbridge_queue_depth gauge\n");
+        let _ = writeln!(out, "hlbridge_queue_depth {depth}");
+    }
+    out.push_str("# HELP hlbridge_step_duration_seconds How long steps took.\n");
+    out.push_str("# TYPE hlbridge_step_duration_seconds histogram\n");
+    let h = &e.step_latency;
+    for (i, b) in crate::telemetry::LATENCY_BUCKETS.iter().enumerate() {
+        let n = h.buckets.get(i).copied().unwrap_or(0);
+        let _ = writeln!(out, "hlbridge_step_duration_seconds_bucket{{le=\"{b}\"}} {n}");
+    }
+    let _ = writeln!(
+        out,
+        "hlbridge_step_duration_seconds_bucket{{le=\"+Inf\"}} {}",
+        h.count
+    );
+    let _ = writeln!(out, "hlbridge_step_duration_seconds_sum {}", h.sum);
+    let _ = writeln!(out, "hlbridge_step_duration_seconds_count {}", h.count);
+    out.push_str(
+        "# HELP hlbridge_highlevel_calls_total HighLevel calls by final status (after the client's own retries; `error`: no answer).\n",
+    );
+    out.push_str("# TYPE hlbridge_highlevel_calls_total counter\n");
+    for (status, n) in &e.calls_by_status {
+        let _ = writeln!(
+            out,
+            "hlbridge_highlevel_calls_total{{status=\"{}\"}} {n}",
+            escape_label(status)
+        );
+    }
+    out.push_str(
+        "# HELP hlbridge_highlevel_429_total 429 (rate limited) answers HighLevel gave the engine.\n",
+    );
+    out.push_str("# TYPE hlbridge_highlevel_429_total counter\n");
+    let _ = writeln!(out, "hlbridge_highlevel_429_total {}", e.rate_limited);
+    out.push_str(
+        "# HELP hlbridge_budget_remaining HighLevel rate-limit budget left per location (window: burst or daily).\n",
+    );
+    out.push_str("# TYPE hlbridge_budget_remaining gauge\n");
+    for b in &e.budgets {
+        let loc = escape_label(&b.location);
+        let _ = writeln!(
+            out,
+            "hlbridge_budget_remaining{{location=\"{loc}\",window=\"burst\"}} {}",
+            b.burst_remaining
+        );
+        let _ = writeln!(
+            out,
+            "hlbridge_budget_remaining{{location=\"{loc}\",window=\"daily\"}} {}",
+            b.daily_remaining
+        );
+    }
+    out.push_str(
+        "# HELP hlbridge_webhook_signature_failures_total Inbound webhooks refused for a missing or wrong signature or secret.\n",
+    );
+    out.push_str("# TYPE hlbridge_webhook_signature_failures_total counter\n");
+    for (source, c) in [("highlevel", &m.highlevel), ("app", &m.app)] {
+        let _ = writeln!(
+            out,
+            "hlbridge_webhook_signature_failures_total{{source=\"{source}\"}} {}",
+            c.unauthorized
+        );
+    }
+    out
+}

@@ -23,15 +23,29 @@ use crate::metrics::{Source, prometheus};
 /// Seconds a sender is asked to wait before retrying when the store is unavailable.
 const RETRY_AFTER_SECS: u64 = 5;
 
-/// The server's routes over `state`, with the request body limit applied.
+/// The server's routes over `state`, with the request body limit applied: ingress, lookup,
+/// health and metrics, and (unless [`crate::ServeConfig::admin`] is off) the admin API
+/// and the web UI.
 pub fn router(state: ServerState) -> Router {
     let limit = state.body_limit();
-    Router::new()
+    let mut router = Router::new()
         .route("/hooks/highlevel", post(highlevel_hook))
         .route("/hooks/app/{flow}", post(app_hook))
         .route("/lookup/contact", get(lookup_contact))
         .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(metrics));
+    if state.admin_enabled() {
+        let (api, _) = crate::api::routes();
+        router = router
+            .merge(api)
+            .route("/api/{*rest}", axum::routing::any(crate::api::not_found))
+            .merge(crate::ui::routes())
+            .layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                crate::auth::csrf_form_field,
+            ));
+    }
+    router
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
@@ -306,12 +320,18 @@ async fn healthz(State(state): State<ServerState>) -> Response {
 }
 
 async fn metrics(State(state): State<ServerState>) -> Response {
+    let m = state.metrics();
+    let mut text = prometheus(&m);
+    text.push_str(&crate::metrics::prometheus_engine(
+        &m,
+        &state.engine_metrics().await,
+    ));
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        prometheus(&state.metrics()),
+        text,
     )
         .into_response()
 }

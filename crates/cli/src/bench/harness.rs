@@ -175,7 +175,9 @@ impl Harness {
         let secret = format!("whsec-{}", uuid::Uuid::new_v4().simple());
         let mut config = EngineConfig::with_data_dir(&data_dir);
         config.workers = args.workers;
-        config.claim_batch = args.claim_batch;
+        if let Some(n) = args.claim_batch {
+            config.claim_batch = n;
+        }
         config
             .app_secrets
             .insert(SECRET_NAME.into(), secret.clone());

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use futures::future::BoxFuture;
 use hlbridge_engine::Store;
 use hlbridge_engine::store::{
-    ClaimedRun, Cursor, Failure, NewEvent, RunDetail, RunFilter, RunId, RunState, RunSummary,
-    StepRecord, StoreFuture, StoreResult,
+    ClaimedRun, Cursor, Failure, NewEvent, RunDetail, RunEnd, RunFilter, RunId, RunState,
+    RunSummary, StepRecord, StoreFuture, StoreResult,
 };
 use parking_lot::Mutex;
 use serde_json::Value;
@@ -140,6 +140,15 @@ impl Store for Timed {
         failure: Failure,
     ) -> StoreFuture<'a, bool> {
         self.time("fail_run", self.inner.fail_run(run, error, body, failure))
+    }
+
+    fn finish_run<'a>(
+        &'a self,
+        run: &'a ClaimedRun,
+        steps: &'a [StepRecord],
+        end: RunEnd,
+    ) -> StoreFuture<'a, bool> {
+        self.time("finish_run", self.inner.finish_run(run, steps, end))
     }
 
     fn list_runs<'a>(&'a self, filter: &'a RunFilter) -> StoreFuture<'a, Vec<RunSummary>> {

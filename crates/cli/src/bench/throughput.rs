@@ -32,6 +32,7 @@ pub async fn run(args: &EngineBenchArgs) -> Result<bool> {
         args.senders,
         args.workers,
         args.claim_batch
+            .unwrap_or_else(|| hlbridge_engine::EngineConfig::default().claim_batch)
     );
     println!(
         "    HighLevel: in-process sandbox ({}), rate limits off, client pacing off",

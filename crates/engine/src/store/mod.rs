@@ -2,14 +2,20 @@
 //!
 //! [`Store`] is the interface the runner and the triggers use; [`SqliteStore`] is the
 //! default backend (WAL mode, one writer connection, migrations from
-//! `crates/engine/migrations/sqlite/`). The SQL is kept portable so a PostgreSQL backend
-//! (claiming with `FOR UPDATE SKIP LOCKED`) can implement the same trait.
+//! `crates/engine/migrations/sqlite/`), and [`PostgresStore`] the backend for scale-out
+//! (claiming with `FOR UPDATE SKIP LOCKED`, migrations from
+//! `crates/engine/migrations/postgres/`, kept in step with SQLite's). [`backend`] picks one
+//! from `--database URL`; [`cluster`] holds what processes sharing a database coordinate.
 //!
 //! Run states: `queued` (waiting for a worker), `running` (claimed under a lease), `failed`
 //! (an attempt failed; waiting for `next_attempt_at` to be retried), `succeeded`,
 //! `skipped` (a filter was false) and `dead` (retry budget spent, or an error that cannot
 //! succeed; replayable).
 
+pub mod backend;
+pub mod cluster;
+mod postgres;
+pub mod security;
 mod sqlite;
 
 use std::fmt;
@@ -22,6 +28,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use time::OffsetDateTime;
 
+pub use backend::{Database, MigrationInfo, MigrationReport};
+pub use cluster::{RateBudget, SlotAnswer, SlotTake, TriggerTurn};
+pub use postgres::{PostgresOptions, PostgresStore};
 pub use sqlite::SqliteStore;
 
 /// A run's id (UUID v7: sortable by creation time).
@@ -163,6 +172,9 @@ pub struct ClaimedRun {
     pub lease_token: String,
     /// The run this one replays, if any.
     pub replay_of: Option<RunId>,
+    /// Step results saved by earlier attempts, in execution order (a resumed run skips the
+    /// steps that succeeded). Empty for a fresh run.
+    pub steps: Vec<StepRecord>,
 }
 
 /// What happens to a run after a failed attempt.
@@ -172,6 +184,24 @@ pub enum Failure {
     RetryAt(OffsetDateTime),
     /// State `dead` (dead letter).
     Dead,
+}
+
+/// How [`Store::finish_run`] ends a claimed run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunEnd {
+    /// `succeeded` or `skipped` (as [`Store::complete_run`]).
+    Complete(RunState),
+    /// A failed attempt (as [`Store::fail_run`]).
+    Fail {
+        /// The error message.
+        error: String,
+        /// The response body of the failure.
+        body: Option<Value>,
+        /// Retry later or dead letter.
+        failure: Failure,
+    },
+    /// Given back (as [`Store::release_run`]).
+    Release,
 }
 
 /// A run as listed.
@@ -316,7 +346,8 @@ pub trait Store: Send + Sync {
     fn enqueue_events<'a>(&'a self, events: Vec<NewEvent>) -> StoreFuture<'a, Vec<Option<RunId>>>;
 
     /// Claims up to `n` runs that are due (queued, failed and due for retry, or running with
-    /// a lapsed lease) for `worker_id`, leasing them for `lease`.
+    /// a lapsed lease) for `worker_id`, leasing them for `lease`. Each comes with the step
+    /// results its earlier attempts saved ([`ClaimedRun::steps`]).
     fn claim_runs<'a>(
         &'a self,
         worker_id: &'a str,
@@ -324,7 +355,8 @@ pub trait Store: Send + Sync {
         lease: Duration,
     ) -> StoreFuture<'a, Vec<ClaimedRun>>;
 
-    /// Claims one given run now, whatever its schedule, if it is not final and not leased.
+    /// Claims one given run now, whatever its schedule, if it is not final and not leased
+    /// (with its saved step results, as [`Store::claim_runs`]).
     fn claim_run<'a>(
         &'a self,
         run_id: RunId,
@@ -358,6 +390,33 @@ pub trait Store: Send + Sync {
         body: Option<&'a Value>,
         failure: Failure,
     ) -> StoreFuture<'a, bool>;
+
+    /// Saves a claimed run's last step results and ends it (`end`), in one transaction
+    /// where the backend can; `false` when the claim was lost (the step results are saved
+    /// either way, as [`Store::save_step_result`] does). The default saves the steps one by
+    /// one, then calls [`Store::complete_run`], [`Store::fail_run`] or
+    /// [`Store::release_run`].
+    fn finish_run<'a>(
+        &'a self,
+        run: &'a ClaimedRun,
+        steps: &'a [StepRecord],
+        end: RunEnd,
+    ) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            for step in steps {
+                self.save_step_result(run.id, step).await?;
+            }
+            match end {
+                RunEnd::Complete(state) => self.complete_run(run, state).await,
+                RunEnd::Fail {
+                    error,
+                    body,
+                    failure,
+                } => self.fail_run(run, &error, body.as_ref(), failure).await,
+                RunEnd::Release => self.release_run(run).await,
+            }
+        })
+    }
 
     /// Runs matching `filter`, newest first.
     fn list_runs<'a>(&'a self, filter: &'a RunFilter) -> StoreFuture<'a, Vec<RunSummary>>;
@@ -393,6 +452,76 @@ pub trait Store: Send + Sync {
         location_id: &'a str,
         cursor: &'a Cursor,
     ) -> StoreFuture<'a, ()>;
+
+    /// The security side of the store (vault, connections, users, audit log; see
+    /// [`security`]), when the backend has one.
+    fn security(&self) -> Option<std::sync::Arc<dyn security::SecurityStore>> {
+        None
+    }
+
+    /// The backend's name (`sqlite`, `postgres`), for messages.
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    /// Notified when another process enqueued runs (PostgreSQL `LISTEN`), so idle workers
+    /// claim at once instead of at their next idle poll. `None`: only this process's own
+    /// enqueues wake its workers.
+    fn wakeups(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        None
+    }
+
+    /// Takes the turn of periodic trigger `key` (a poll) for `holder` if it is due, making
+    /// the next turn due `every` later: across every process sharing the store, exactly one
+    /// caller gets each turn. The default (one process) always gives the turn: the caller's
+    /// own schedule decides.
+    fn take_trigger_turn<'a>(
+        &'a self,
+        key: &'a str,
+        holder: &'a str,
+        every: Duration,
+    ) -> StoreFuture<'a, cluster::TriggerTurn> {
+        let _ = (key, holder, every);
+        Box::pin(async { Ok(cluster::TriggerTurn::Taken) })
+    }
+
+    /// Takes a slot of pacing key `key`'s shared rate budget for one request (`claim`
+    /// identifies this holding), counting it against the day. The slot stays busy until
+    /// [`Store::answer_rate_slot`] (then for one more window) or, if that never comes,
+    /// for `budget.in_flight`. Backends without shared budgets answer
+    /// [`StoreError::Conflict`].
+    fn take_rate_slot<'a>(
+        &'a self,
+        key: &'a str,
+        budget: &'a cluster::RateBudget,
+        claim: &'a str,
+    ) -> StoreFuture<'a, cluster::SlotTake> {
+        let _ = (key, budget, claim);
+        Box::pin(async move {
+            Err(StoreError::Conflict(format!(
+                "the {} store keeps no shared rate budgets",
+                self.backend()
+            )))
+        })
+    }
+
+    /// The request holding `slot` (under `claim`) was answered now.
+    fn answer_rate_slot<'a>(
+        &'a self,
+        key: &'a str,
+        budget: &'a cluster::RateBudget,
+        slot: u32,
+        claim: &'a str,
+        answer: cluster::SlotAnswer,
+    ) -> StoreFuture<'a, ()> {
+        let _ = (key, budget, slot, claim, answer);
+        Box::pin(async move {
+            Err(StoreError::Conflict(format!(
+                "the {} store keeps no shared rate budgets",
+                self.backend()
+            )))
+        })
+    }
 }
 
 /// The default data directory: `$HLBRIDGE_DATA`, else `$XDG_DATA_HOME/hlbridge`, else

@@ -1,23 +1,35 @@
 //! The SQLite store: WAL mode, `synchronous = NORMAL`, a busy timeout, one writer
 //! connection (writes are serialised in-process; `BEGIN IMMEDIATE` serialises them across
 //! processes) and a pool of readers.
+//!
+//! **Group commit.** The hot writes (event enqueues, step results, run completions,
+//! failures and releases) are not each a transaction of their own: a caller queues its
+//! write and the first caller to get the writer takes every write queued so far and commits
+//! them together in one transaction (on a spawned task, so a caller that goes away cannot
+//! cut a batch short). Nobody waits for a batch to fill: a write that arrives while the
+//! writer is idle is committed at once, and writes that arrive during a commit form the
+//! next batch. Each caller still gets its own answer only after its write is durable. If a
+//! batch fails, its writes are retried one per transaction so each gets its own result.
 
 use std::borrow::Cow;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use serde_json::Value;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
 };
 use sqlx::{AssertSqlSafe, Row, SqlSafeStr};
+use tokio::sync::oneshot;
 
 use super::{
-    ClaimedRun, Cursor, EventRecord, Failure, NewEvent, RunDetail, RunFilter, RunId, RunState,
-    RunSummary, StepRecord, Store, StoreError, StoreFuture, StoreResult, from_ms, now, to_ms,
+    ClaimedRun, Cursor, EventRecord, Failure, NewEvent, RunDetail, RunEnd, RunFilter, RunId,
+    RunState, RunSummary, StepRecord, Store, StoreError, StoreFuture, StoreResult, from_ms, now,
+    to_ms,
 };
 
 /// The migrations, embedded (files in `crates/engine/migrations/sqlite/`).
@@ -31,11 +43,28 @@ fn migrator() -> Migrator {
             false,
         )
     };
-    Migrator::with_migrations(vec![m(
-        1,
-        "init",
-        include_str!("../../migrations/sqlite/0001_init.sql"),
-    )])
+    Migrator::with_migrations(vec![
+        m(
+            1,
+            "init",
+            include_str!("../../migrations/sqlite/0001_init.sql"),
+        ),
+        m(
+            2,
+            "runs lease index",
+            include_str!("../../migrations/sqlite/0002_runs_lease.sql"),
+        ),
+        m(
+            3,
+            "security",
+            include_str!("../../migrations/sqlite/0003_security.sql"),
+        ),
+        m(
+            4,
+            "cluster",
+            include_str!("../../migrations/sqlite/0004_cluster.sql"),
+        ),
+    ])
 }
 
 /// The SQLite [`Store`].
@@ -43,6 +72,249 @@ fn migrator() -> Migrator {
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    group: Arc<GroupCommit>,
+}
+
+/// Writes waiting for the next group commit, and the lock whose holder commits them.
+#[derive(Default)]
+struct GroupCommit {
+    queue: Mutex<Vec<Job>>,
+    lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl std::fmt::Debug for GroupCommit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupCommit")
+            .field("queued", &self.queue().len())
+            .finish()
+    }
+}
+
+impl GroupCommit {
+    fn queue(&self) -> MutexGuard<'_, Vec<Job>> {
+        // The queue is only pushed to and taken from; a panic cannot leave it half-changed.
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// One queued write, its result once applied, and where to send it after the commit.
+enum Job {
+    Enqueue {
+        events: Vec<NewEvent>,
+        out: Vec<Option<RunId>>,
+        reply: oneshot::Sender<StoreResult<Vec<Option<RunId>>>>,
+    },
+    Finish {
+        finish: Finish,
+        out: bool,
+        reply: oneshot::Sender<StoreResult<bool>>,
+    },
+}
+
+/// Step results to save and, optionally, how the run ends (under its lease token).
+struct Finish {
+    run_id: RunId,
+    lease_token: String,
+    steps: Vec<StepRecord>,
+    end: Option<RunEnd>,
+}
+
+impl Job {
+    async fn apply(&mut self, conn: &mut SqliteConnection) -> StoreResult<()> {
+        match self {
+            Job::Enqueue { events, out, .. } => *out = enqueue_in(conn, events).await?,
+            Job::Finish { finish, out, .. } => *out = finish_in(conn, finish).await?,
+        }
+        Ok(())
+    }
+
+    fn succeed(self) {
+        // The caller may have gone away; its write is committed either way.
+        match self {
+            Job::Enqueue { out, reply, .. } => drop(reply.send(Ok(out))),
+            Job::Finish { out, reply, .. } => drop(reply.send(Ok(out))),
+        }
+    }
+
+    fn fail(self, e: StoreError) {
+        match self {
+            Job::Enqueue { reply, .. } => drop(reply.send(Err(e))),
+            Job::Finish { reply, .. } => drop(reply.send(Err(e))),
+        }
+    }
+}
+
+/// The error of a write whose batch was abandoned (the runtime is shutting down).
+fn writer_gone() -> StoreError {
+    StoreError::Database(sqlx::Error::WorkerCrashed)
+}
+
+async fn enqueue_in(
+    conn: &mut SqliteConnection,
+    events: &[NewEvent],
+) -> StoreResult<Vec<Option<RunId>>> {
+    let at = to_ms(now());
+    let mut out = Vec::with_capacity(events.len());
+    for ev in events {
+        if let Some(seen) = &ev.seen_key {
+            let fresh = sqlx::query(
+                "INSERT INTO seen_items (flow_id, item_key, seen_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (flow_id, item_key) DO NOTHING",
+            )
+            .bind(&ev.flow_id)
+            .bind(seen)
+            .bind(at)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+            if fresh == 0 {
+                out.push(None);
+                continue;
+            }
+        }
+        let event_id = uuid::Uuid::now_v7().to_string();
+        let inserted = sqlx::query(
+            "INSERT INTO events (id, flow_id, dedupe_key, payload, received_at) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (dedupe_key) DO NOTHING",
+        )
+        .bind(&event_id)
+        .bind(&ev.flow_id)
+        .bind(&ev.dedupe_key)
+        .bind(json_text(&ev.payload))
+        .bind(at)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            out.push(None);
+            continue;
+        }
+        let run_id = RunId::now_v7();
+        sqlx::query(
+            "INSERT INTO runs (id, flow_id, event_id, state, attempts, next_attempt_at, created_at, updated_at) \
+             VALUES ($1, $2, $3, 'queued', 0, $4, $4, $4)",
+        )
+        .bind(run_id.to_string())
+        .bind(&ev.flow_id)
+        .bind(&event_id)
+        .bind(at)
+        .execute(&mut *conn)
+        .await?;
+        out.push(Some(run_id));
+    }
+    Ok(out)
+}
+
+async fn save_step_in(
+    conn: &mut SqliteConnection,
+    run_id: RunId,
+    record: &StepRecord,
+) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO step_results (run_id, step_id, position, input, output, error, started_at, finished_at) \
+         VALUES ($1, $2, (SELECT COUNT(*) FROM step_results WHERE run_id = $1), $3, $4, $5, $6, $7) \
+         ON CONFLICT (run_id, step_id) DO UPDATE SET input = excluded.input, output = excluded.output, \
+         error = excluded.error, started_at = excluded.started_at, finished_at = excluded.finished_at",
+    )
+    .bind(run_id.to_string())
+    .bind(&record.step_id)
+    .bind(record.input.as_ref().map(json_text))
+    .bind(record.output.as_ref().map(json_text))
+    .bind(record.error.as_ref().map(json_text))
+    .bind(to_ms(record.started_at))
+    .bind(record.finished_at.map(to_ms))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+async fn finish_in(conn: &mut SqliteConnection, f: &Finish) -> StoreResult<bool> {
+    for step in &f.steps {
+        save_step_in(conn, f.run_id, step).await?;
+    }
+    let Some(end) = &f.end else {
+        return Ok(true);
+    };
+    let at = to_ms(now());
+    let id = f.run_id.to_string();
+    let n = match end {
+        RunEnd::Complete(state) => {
+            sqlx::query(
+                "UPDATE runs SET state = $1, lease_until = NULL, lease_token = NULL, last_error = NULL, \
+                 finished_at = $2, updated_at = $2 WHERE id = $3 AND lease_token = $4 AND state = 'running'",
+            )
+            .bind(state.as_str())
+            .bind(at)
+            .bind(&id)
+            .bind(&f.lease_token)
+            .execute(&mut *conn)
+            .await?
+        }
+        RunEnd::Fail {
+            error,
+            body,
+            failure,
+        } => {
+            let (state, next, finished) = match failure {
+                Failure::RetryAt(t) => (RunState::Failed, to_ms(*t), None),
+                Failure::Dead => (RunState::Dead, at, Some(at)),
+            };
+            sqlx::query(
+                "UPDATE runs SET state = $1, next_attempt_at = $2, finished_at = $3, last_error = $4, error_body = $5, \
+                 lease_until = NULL, lease_token = NULL, updated_at = $6 \
+                 WHERE id = $7 AND lease_token = $8 AND state = 'running'",
+            )
+            .bind(state.as_str())
+            .bind(next)
+            .bind(finished)
+            .bind(error)
+            .bind(body.as_ref().map(json_text))
+            .bind(at)
+            .bind(&id)
+            .bind(&f.lease_token)
+            .execute(&mut *conn)
+            .await?
+        }
+        RunEnd::Release => {
+            sqlx::query(
+                "UPDATE runs SET state = 'queued', lease_until = NULL, lease_token = NULL, \
+                 attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END, next_attempt_at = $1, updated_at = $1 \
+                 WHERE id = $2 AND lease_token = $3 AND state = 'running'",
+            )
+            .bind(at)
+            .bind(&id)
+            .bind(&f.lease_token)
+            .execute(&mut *conn)
+            .await?
+        }
+    };
+    Ok(n.rows_affected() == 1)
+}
+
+/// Fills in the saved step results of the runs just claimed under `token`.
+async fn attach_steps(
+    conn: &mut SqliteConnection,
+    token: &str,
+    runs: &mut [ClaimedRun],
+) -> StoreResult<()> {
+    if runs.is_empty() {
+        return Ok(());
+    }
+    let rows = sqlx::query(
+        "SELECT s.run_id, s.step_id, s.input, s.output, s.error, s.started_at, s.finished_at \
+         FROM step_results s JOIN runs r ON r.id = s.run_id WHERE r.lease_token = $1 \
+         ORDER BY s.run_id, s.position, s.started_at",
+    )
+    .bind(token)
+    .fetch_all(&mut *conn)
+    .await?;
+    for row in &rows {
+        let run_id = parse_id(&row.try_get::<String, _>("run_id")?)?;
+        if let Some(run) = runs.iter_mut().find(|r| r.id == run_id) {
+            run.steps.push(step_record(row)?);
+        }
+    }
+    Ok(())
 }
 
 fn lease_ms(lease: Duration) -> i64 {
@@ -103,6 +375,7 @@ fn claimed(row: &SqliteRow) -> StoreResult<ClaimedRun> {
         attempts: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(0),
         lease_token: row.try_get("lease_token")?,
         replay_of: replay_of.as_deref().map(parse_id).transpose()?,
+        steps: Vec::new(),
     })
 }
 
@@ -150,7 +423,21 @@ impl SqliteStore {
             .max_connections(4)
             .connect_with(options.read_only(true))
             .await?;
-        Ok(Self { writer, reader })
+        Ok(Self {
+            writer,
+            reader,
+            group: Arc::default(),
+        })
+    }
+
+    /// The writer pool (one connection), for the store's other sections.
+    pub(crate) fn writer_pool(&self) -> &SqlitePool {
+        &self.writer
+    }
+
+    /// The reader pool, for the store's other sections.
+    pub(crate) fn reader_pool(&self) -> &SqlitePool {
+        &self.reader
     }
 
     /// Closes the connections.
@@ -159,59 +446,75 @@ impl SqliteStore {
         self.reader.close().await;
     }
 
-    async fn enqueue_batch(&self, events: Vec<NewEvent>) -> StoreResult<Vec<Option<RunId>>> {
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        let at = to_ms(now());
-        let mut out = Vec::with_capacity(events.len());
-        for ev in events {
-            if let Some(seen) = &ev.seen_key {
-                let fresh = sqlx::query(
-                    "INSERT INTO seen_items (flow_id, item_key, seen_at) VALUES ($1, $2, $3) \
-                     ON CONFLICT (flow_id, item_key) DO NOTHING",
-                )
-                .bind(&ev.flow_id)
-                .bind(seen)
-                .bind(at)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                if fresh == 0 {
-                    out.push(None);
-                    continue;
+    /// Queues `job` for the next group commit and waits for its result (see the module
+    /// docs).
+    async fn submit<T>(
+        &self,
+        job: Job,
+        mut rx: oneshot::Receiver<StoreResult<T>>,
+    ) -> StoreResult<T> {
+        self.group.queue().push(job);
+        tokio::select! {
+            biased;
+            r = &mut rx => return r.unwrap_or_else(|_| Err(writer_gone())),
+            guard = self.group.lock.clone().lock_owned() => {
+                let jobs = std::mem::take(&mut *self.group.queue());
+                // Empty: an earlier batch took this job and is done with it.
+                if !jobs.is_empty() {
+                    let store = self.clone();
+                    tokio::spawn(async move {
+                        store.write_jobs(jobs).await;
+                        drop(guard);
+                    });
                 }
             }
-            let event_id = uuid::Uuid::now_v7().to_string();
-            let inserted = sqlx::query(
-                "INSERT INTO events (id, flow_id, dedupe_key, payload, received_at) VALUES ($1, $2, $3, $4, $5) \
-                 ON CONFLICT (dedupe_key) DO NOTHING",
-            )
-            .bind(&event_id)
-            .bind(&ev.flow_id)
-            .bind(&ev.dedupe_key)
-            .bind(json_text(&ev.payload))
-            .bind(at)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if inserted == 0 {
-                out.push(None);
-                continue;
+        }
+        rx.await.unwrap_or_else(|_| Err(writer_gone()))
+    }
+
+    /// Commits `jobs` in one transaction, or one by one if that fails; answers each.
+    async fn write_jobs(&self, mut jobs: Vec<Job>) {
+        if jobs.len() > 1 {
+            match self.write_batch(&mut jobs).await {
+                Ok(()) => {
+                    jobs.into_iter().for_each(Job::succeed);
+                    return;
+                }
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    writes = jobs.len(),
+                    "a group commit failed; retrying its writes one by one"
+                ),
             }
-            let run_id = RunId::now_v7();
-            sqlx::query(
-                "INSERT INTO runs (id, flow_id, event_id, state, attempts, next_attempt_at, created_at, updated_at) \
-                 VALUES ($1, $2, $3, 'queued', 0, $4, $4, $4)",
-            )
-            .bind(run_id.to_string())
-            .bind(&ev.flow_id)
-            .bind(&event_id)
-            .bind(at)
-            .execute(&mut *tx)
-            .await?;
-            out.push(Some(run_id));
+        }
+        for mut job in jobs {
+            match self.write_batch(std::slice::from_mut(&mut job)).await {
+                Ok(()) => job.succeed(),
+                Err(e) => job.fail(e),
+            }
+        }
+    }
+
+    async fn write_batch(&self, jobs: &mut [Job]) -> StoreResult<()> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        for job in jobs.iter_mut() {
+            job.apply(&mut tx).await?;
         }
         tx.commit().await?;
-        Ok(out)
+        Ok(())
+    }
+
+    async fn finish(&self, finish: Finish) -> StoreResult<bool> {
+        let (reply, rx) = oneshot::channel();
+        self.submit(
+            Job::Finish {
+                finish,
+                out: false,
+                reply,
+            },
+            rx,
+        )
+        .await
     }
 
     async fn claim(
@@ -239,7 +542,7 @@ impl SqliteStore {
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        let runs = if claimed_n == 0 {
+        let mut runs = if claimed_n == 0 {
             Vec::new()
         } else {
             sqlx::query(CLAIMED_SELECT)
@@ -250,6 +553,7 @@ impl SqliteStore {
                 .map(claimed)
                 .collect::<StoreResult<Vec<_>>>()?
         };
+        attach_steps(&mut tx, &token, &mut runs).await?;
         tx.commit().await?;
         Ok(runs)
     }
@@ -276,8 +580,8 @@ impl SqliteStore {
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        let run = if n == 0 {
-            None
+        let mut run: Vec<ClaimedRun> = if n == 0 {
+            Vec::new()
         } else {
             sqlx::query(CLAIMED_SELECT)
                 .bind(&token)
@@ -286,9 +590,12 @@ impl SqliteStore {
                 .as_ref()
                 .map(claimed)
                 .transpose()?
+                .into_iter()
+                .collect()
         };
+        attach_steps(&mut tx, &token, &mut run).await?;
         tx.commit().await?;
-        Ok(run)
+        Ok(run.pop())
     }
 
     async fn replay_in(&self, run_id: RunId) -> StoreResult<RunId> {
@@ -369,6 +676,10 @@ impl SqliteStore {
 }
 
 impl Store for SqliteStore {
+    fn security(&self) -> Option<Arc<dyn super::security::SecurityStore>> {
+        Some(Arc::new(self.clone()))
+    }
+
     fn upsert_flow<'a>(
         &'a self,
         id: &'a str,
@@ -394,7 +705,18 @@ impl Store for SqliteStore {
     }
 
     fn enqueue_events<'a>(&'a self, events: Vec<NewEvent>) -> StoreFuture<'a, Vec<Option<RunId>>> {
-        Box::pin(self.enqueue_batch(events))
+        Box::pin(async move {
+            if events.is_empty() {
+                return Ok(Vec::new());
+            }
+            let (reply, rx) = oneshot::channel();
+            let job = Job::Enqueue {
+                events,
+                out: Vec::new(),
+                reply,
+            };
+            self.submit(job, rx).await
+        })
     }
 
     fn claim_runs<'a>(
@@ -433,21 +755,7 @@ impl Store for SqliteStore {
     }
 
     fn release_run<'a>(&'a self, run: &'a ClaimedRun) -> StoreFuture<'a, bool> {
-        Box::pin(async move {
-            let at = to_ms(now());
-            let n = sqlx::query(
-                "UPDATE runs SET state = 'queued', lease_until = NULL, lease_token = NULL, \
-                 attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END, next_attempt_at = $1, updated_at = $1 \
-                 WHERE id = $2 AND lease_token = $3 AND state = 'running'",
-            )
-            .bind(at)
-            .bind(run.id.to_string())
-            .bind(&run.lease_token)
-            .execute(&self.writer)
-            .await?
-            .rows_affected();
-            Ok(n == 1)
-        })
+        self.finish_run(run, &[], RunEnd::Release)
     }
 
     fn step_results<'a>(&'a self, run_id: RunId) -> StoreFuture<'a, Vec<StepRecord>> {
@@ -461,46 +769,19 @@ impl Store for SqliteStore {
         record: &'a StepRecord,
     ) -> StoreFuture<'a, ()> {
         Box::pin(async move {
-            sqlx::query(
-                "INSERT INTO step_results (run_id, step_id, position, input, output, error, started_at, finished_at) \
-                 VALUES ($1, $2, (SELECT COUNT(*) FROM step_results WHERE run_id = $1), $3, $4, $5, $6, $7) \
-                 ON CONFLICT (run_id, step_id) DO UPDATE SET input = excluded.input, output = excluded.output, \
-                 error = excluded.error, started_at = excluded.started_at, finished_at = excluded.finished_at",
-            )
-            .bind(run_id.to_string())
-            .bind(&record.step_id)
-            .bind(record.input.as_ref().map(json_text))
-            .bind(record.output.as_ref().map(json_text))
-            .bind(record.error.as_ref().map(json_text))
-            .bind(to_ms(record.started_at))
-            .bind(record.finished_at.map(to_ms))
-            .execute(&self.writer)
+            self.finish(Finish {
+                run_id,
+                lease_token: String::new(),
+                steps: vec![record.clone()],
+                end: None,
+            })
             .await?;
             Ok(())
         })
     }
 
     fn complete_run<'a>(&'a self, run: &'a ClaimedRun, state: RunState) -> StoreFuture<'a, bool> {
-        Box::pin(async move {
-            if !matches!(state, RunState::Succeeded | RunState::Skipped) {
-                return Err(StoreError::Conflict(format!(
-                    "complete_run with state {state}"
-                )));
-            }
-            let at = to_ms(now());
-            let n = sqlx::query(
-                "UPDATE runs SET state = $1, lease_until = NULL, lease_token = NULL, last_error = NULL, \
-                 finished_at = $2, updated_at = $2 WHERE id = $3 AND lease_token = $4 AND state = 'running'",
-            )
-            .bind(state.as_str())
-            .bind(at)
-            .bind(run.id.to_string())
-            .bind(&run.lease_token)
-            .execute(&self.writer)
-            .await?
-            .rows_affected();
-            Ok(n == 1)
-        })
+        self.finish_run(run, &[], RunEnd::Complete(state))
     }
 
     fn fail_run<'a>(
@@ -510,29 +791,38 @@ impl Store for SqliteStore {
         body: Option<&'a Value>,
         failure: Failure,
     ) -> StoreFuture<'a, bool> {
+        self.finish_run(
+            run,
+            &[],
+            RunEnd::Fail {
+                error: error.to_owned(),
+                body: body.cloned(),
+                failure,
+            },
+        )
+    }
+
+    fn finish_run<'a>(
+        &'a self,
+        run: &'a ClaimedRun,
+        steps: &'a [StepRecord],
+        end: RunEnd,
+    ) -> StoreFuture<'a, bool> {
         Box::pin(async move {
-            let at = to_ms(now());
-            let (state, next, finished) = match failure {
-                Failure::RetryAt(t) => (RunState::Failed, to_ms(t), None),
-                Failure::Dead => (RunState::Dead, at, Some(at)),
-            };
-            let n = sqlx::query(
-                "UPDATE runs SET state = $1, next_attempt_at = $2, finished_at = $3, last_error = $4, error_body = $5, \
-                 lease_until = NULL, lease_token = NULL, updated_at = $6 \
-                 WHERE id = $7 AND lease_token = $8 AND state = 'running'",
-            )
-            .bind(state.as_str())
-            .bind(next)
-            .bind(finished)
-            .bind(error)
-            .bind(body.map(json_text))
-            .bind(at)
-            .bind(run.id.to_string())
-            .bind(&run.lease_token)
-            .execute(&self.writer)
-            .await?
-            .rows_affected();
-            Ok(n == 1)
+            if let RunEnd::Complete(state) = end
+                && !matches!(state, RunState::Succeeded | RunState::Skipped)
+            {
+                return Err(StoreError::Conflict(format!(
+                    "complete_run with state {state}"
+                )));
+            }
+            self.finish(Finish {
+                run_id: run.id,
+                lease_token: run.lease_token.clone(),
+                steps: steps.to_vec(),
+                end: Some(end),
+            })
+            .await
         })
     }
 
@@ -849,6 +1139,181 @@ mod tests {
         ));
         let counts = store.count_runs(None).await.expect("counts");
         assert_eq!(counts, vec![(RunState::Dead, 1), (RunState::Queued, 1)]);
+        store.close().await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    fn step(id: &str) -> StepRecord {
+        StepRecord {
+            step_id: id.into(),
+            input: Some(json!({"in": id})),
+            output: Some(json!({"out": id})),
+            error: None,
+            started_at: now(),
+            finished_at: Some(now()),
+        }
+    }
+
+    /// Holds the group-commit lock: writes queue up behind it and are all committed by the
+    /// one batch that runs once it is let go.
+    async fn hold_writer(store: &SqliteStore) -> tokio::sync::OwnedMutexGuard<()> {
+        store.group.lock.clone().lock_owned().await
+    }
+
+    async fn wait_queued(store: &SqliteStore, n: usize) {
+        for _ in 0..5_000 {
+            if store.group.queue().len() >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        panic!("only {} writes queued", store.group.queue().len());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_batch_commits_many_writes_each_with_its_own_answer() {
+        let dir = temp_dir("group");
+        let store = SqliteStore::open(&dir).await.expect("open");
+
+        // 40 enqueues of 20 keys, all in one batch: duplicates inside the batch are no-ops.
+        let guard = hold_writer(&store).await;
+        let enqueues: Vec<_> = (0..40)
+            .map(|i| {
+                let s = store.clone();
+                tokio::spawn(async move { s.enqueue_event(ev(&format!("k{}", i % 20))).await })
+            })
+            .collect();
+        wait_queued(&store, 40).await;
+        drop(guard);
+        let mut fresh = 0;
+        for h in enqueues {
+            if h.await.expect("join").expect("enqueue").is_some() {
+                fresh += 1;
+            }
+        }
+        assert_eq!(fresh, 20);
+
+        // 20 finishes (a step and the end each) and one write that cannot succeed (a step
+        // of a run that does not exist breaks the foreign key), all in one batch: the batch
+        // fails, its writes are retried one by one, and only the bad one fails.
+        let claimed = store
+            .claim_runs("w", 100, Duration::from_secs(30))
+            .await
+            .expect("claim");
+        assert_eq!(claimed.len(), 20);
+        assert!(claimed.iter().all(|r| r.steps.is_empty()));
+        let guard = hold_writer(&store).await;
+        let bad = {
+            let s = store.clone();
+            tokio::spawn(async move { s.save_step_result(RunId::now_v7(), &step("x")).await })
+        };
+        let finishes: Vec<_> = claimed
+            .iter()
+            .cloned()
+            .map(|run| {
+                let s = store.clone();
+                tokio::spawn(async move {
+                    s.finish_run(&run, &[step("a")], RunEnd::Complete(RunState::Succeeded))
+                        .await
+                })
+            })
+            .collect();
+        wait_queued(&store, 21).await;
+        drop(guard);
+        assert!(
+            bad.await.expect("join").is_err(),
+            "the bad write fails alone"
+        );
+        for h in finishes {
+            assert!(h.await.expect("join").expect("finish"), "claim held");
+        }
+        assert_eq!(
+            store.count_runs(None).await.expect("count"),
+            vec![(RunState::Succeeded, 20)]
+        );
+        let d = store
+            .run_detail(claimed[0].id)
+            .await
+            .expect("detail")
+            .expect("exists");
+        assert_eq!(d.steps.len(), 1);
+        assert_eq!(d.steps[0].output, Some(json!({"out": "a"})));
+
+        // A lost claim: the end is refused, the steps are saved as save_step_result does.
+        assert!(
+            !store
+                .finish_run(&claimed[0], &[step("b")], RunEnd::Release)
+                .await
+                .expect("finish")
+        );
+        assert_eq!(
+            store
+                .step_results(claimed[0].id)
+                .await
+                .expect("steps")
+                .len(),
+            2
+        );
+        assert!(matches!(
+            store
+                .finish_run(&claimed[1], &[], RunEnd::Complete(RunState::Dead))
+                .await,
+            Err(StoreError::Conflict(_))
+        ));
+        store.close().await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn a_claimed_run_comes_with_its_saved_steps_in_order() {
+        let dir = temp_dir("resume");
+        let store = SqliteStore::open(&dir).await.expect("open");
+        let id = store
+            .enqueue_event(ev("r"))
+            .await
+            .expect("enqueue")
+            .expect("new");
+        store.enqueue_event(ev("other")).await.expect("enqueue");
+        let run = store
+            .claim_run(id, "w", Duration::from_secs(30))
+            .await
+            .expect("claim")
+            .expect("claimed");
+        assert!(run.steps.is_empty());
+        store
+            .save_step_result(id, &step("one"))
+            .await
+            .expect("save");
+        let mut failed = step("two");
+        failed.output = None;
+        failed.error = Some(json!({"message": "503"}));
+        let later = now() - time::Duration::seconds(1);
+        assert!(
+            store
+                .finish_run(
+                    &run,
+                    &[failed],
+                    RunEnd::Fail {
+                        error: "503".into(),
+                        body: None,
+                        failure: Failure::RetryAt(later),
+                    },
+                )
+                .await
+                .expect("fail")
+        );
+        let claimed = store
+            .claim_runs("w", 10, Duration::from_secs(30))
+            .await
+            .expect("claim");
+        assert_eq!(claimed.len(), 2);
+        let again = claimed.iter().find(|r| r.id == id).expect("the run again");
+        let ids: Vec<&str> = again.steps.iter().map(|s| s.step_id.as_str()).collect();
+        assert_eq!(ids, ["one", "two"]);
+        assert!(again.steps[0].succeeded() && !again.steps[1].succeeded());
+        assert_eq!(again.attempts, 2);
+        let other = claimed.iter().find(|r| r.id != id).expect("the other run");
+        assert!(other.steps.is_empty());
         store.close().await;
         let _ = std::fs::remove_dir_all(dir);
     }

@@ -63,9 +63,35 @@ impl Engine {
         self.enqueue_many(batch).await
     }
 
+    /// Polls flow `flow_id` if its turn is due: across every process sharing the store,
+    /// exactly one caller per `every` takes the turn (see [`crate::cluster`]) and polls.
+    /// `Err(wait)`: another process took the current turn; the next is due in `wait`. A
+    /// store that cannot be asked counts as a turn taken (at worst a poll repeats, and its
+    /// items are deduped).
+    pub async fn poll_if_due(
+        &self,
+        flow_id: &str,
+        every: Duration,
+    ) -> Result<Result<crate::PollReport, EngineError>, Duration> {
+        let key = format!("poll:{flow_id}");
+        match self
+            .store()
+            .take_trigger_turn(&key, &self.inner.config.worker_name, every)
+            .await
+        {
+            Ok(crate::store::TriggerTurn::Taken) => {}
+            Ok(crate::store::TriggerTurn::NotDue(wait)) => return Err(wait),
+            Err(e) => {
+                tracing::warn!(flow = flow_id, error = %e, "could not take the poll's turn; polling anyway")
+            }
+        }
+        Ok(self.poll_once(flow_id).await)
+    }
+
     /// Runs schedules (checked every second) and polls (each flow every
-    /// `interval_minutes`, the first time at once) until `shutdown` is cancelled. Errors are
-    /// logged and retried at the next interval.
+    /// `interval_minutes`, the first time at once unless another process sharing the store
+    /// polled within the interval) until `shutdown` is cancelled. Errors are logged and
+    /// retried at the next interval.
     pub async fn run_triggers(&self, shutdown: CancellationToken) {
         let mut next_poll: HashMap<String, tokio::time::Instant> = HashMap::new();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -84,16 +110,24 @@ impl Engine {
                 if !due {
                     continue;
                 }
-                next_poll.insert(flow_id.clone(), now + every);
                 if shutdown.is_cancelled() {
                     return;
                 }
-                match self.poll_once(&flow_id).await {
-                    Ok(r) if r.enqueued > 0 => {
-                        tracing::info!(flow = %flow_id, enqueued = r.enqueued, fetched = r.fetched, "poll")
+                match self.poll_if_due(&flow_id, every).await {
+                    Ok(Ok(r)) => {
+                        next_poll.insert(flow_id.clone(), now + every);
+                        if r.enqueued > 0 {
+                            tracing::info!(flow = %flow_id, enqueued = r.enqueued, fetched = r.fetched, "poll");
+                        }
                     }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(flow = %flow_id, error = %e, "poll failed"),
+                    // Another process (sharing the store) took this turn.
+                    Err(wait) => {
+                        next_poll.insert(flow_id.clone(), now + wait.min(every));
+                    }
+                    Ok(Err(e)) => {
+                        next_poll.insert(flow_id.clone(), now + every);
+                        tracing::warn!(flow = %flow_id, error = %e, "poll failed");
+                    }
                 }
             }
         }
