@@ -83,6 +83,28 @@ struct Demo {
     /// When the demo started: runs older than this (an earlier demo with the same
     /// `--data`) are not shown.
     since: OffsetDateTime,
+    /// The password of the web UI's `demo` user (`None`: it could not be created).
+    ui_password: Option<String>,
+}
+
+/// Creates (or resets) the web UI's `demo` owner with a fresh password.
+async fn demo_user(engine: &Engine) -> Option<String> {
+    use hlbridge_engine::security::{Actor, Role, Secret};
+    let users = engine.security()?.users().clone();
+    let password = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+    let secret = Secret::new(password.clone());
+    let by = Actor::system("demo");
+    let made = match users.add_user("demo", Role::Owner, Some(&secret), &by).await {
+        Ok(_) => Ok(()),
+        Err(_) => users.set_password("demo", &secret, &by).await,
+    };
+    match made {
+        Ok(()) => Some(password),
+        Err(e) => {
+            eprintln!("warning: could not create the web UI user: {e}");
+            None
+        }
+    }
 }
 
 fn email(c: &Value) -> String {
@@ -205,10 +227,15 @@ impl Demo {
             },
         )]
         .into();
-        let api: Arc<dyn HighLevelApi> = Arc::new(ClientApi::new(client, conns));
+        // Observed, so the web UI's dashboard and /metrics show calls and budgets.
+        let client_api = ClientApi::new(client, conns);
+        let telemetry = hlbridge_server::Telemetry::new();
+        let api: Arc<dyn HighLevelApi> =
+            telemetry.api(Arc::new(client_api.clone()), Some(client_api));
         let engine = Engine::open_with(config, api.clone())
             .await
             .with_context(|| format!("opening the store in {}", data_dir.display()))?;
+        let ui_password = demo_user(&engine).await;
         let mut flows = Vec::new();
         for t in TEMPLATES {
             let f =
@@ -239,6 +266,8 @@ impl Demo {
             lookup_location_id: Some(info.location_id.clone()),
             highlevel: Some(api.clone()),
             shutdown_grace: Duration::from_secs(5),
+            flows_dir: Some(data_dir.join("flows")),
+            telemetry: Some(telemetry.clone()),
             ..ServeConfig::default()
         };
         let server = match hlbridge_server::serve(
@@ -276,6 +305,7 @@ impl Demo {
             data_dir,
             run_id,
             since,
+            ui_password,
         };
         // Like registering a webhook URL in HighLevel's marketplace app settings.
         let hook = format!("{}/hooks/highlevel", demo.server_url());
@@ -309,6 +339,12 @@ impl Demo {
             self.app.url
         );
         println!("  run history         {}", self.data_dir.display());
+        if let Some(pw) = &self.ui_password {
+            println!(
+                "  web UI              {}/   sign in as demo / {pw}",
+                self.server_url()
+            );
+        }
         println!(
             "\nThe sandbox sends its signed webhooks to {}/hooks/highlevel, as HighLevel would.",
             self.server_url()
@@ -942,6 +978,11 @@ impl Demo {
         println!("  # The runs, the health check and the metrics:");
         println!("  hlbridge runs --data {}", self.data_dir.display());
         println!("  curl {server}/healthz   ·   curl {server}/metrics");
+        if let Some(pw) = &self.ui_password {
+            println!(
+                "  # Or open the web UI (build, test and watch flows; dead letters; replay):\n  {server}/   (user demo, password {pw})"
+            );
+        }
         let stop = CancellationToken::new();
         let _signal = hlbridge_engine::runner::cancel_on_signal(stop.clone());
         stop.cancelled().await;

@@ -101,6 +101,8 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         highlevel: api,
         run_workers: !args.no_workers,
         run_triggers: !args.engine.no_triggers,
+        // Flows built in the web UI are saved as files in the first flows directory.
+        flows_dir: flows.iter().find(|p| p.is_dir()).cloned(),
         ..ServeConfig::default()
     };
     let server = serve(engine.clone(), serve_config, cancel.clone()).await?;
@@ -140,6 +142,10 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     println!("  GET  {base}/lookup/contact?email=…|id=…");
     println!("  GET  {base}/healthz");
     println!("  GET  {base}/metrics");
+    println!("  web UI    {base}/   (admin API {base}/api/v1, OpenAPI {base}/api/v1/openapi.json)");
+    println!(
+        "            no user yet? open it on this machine to create the owner, or `hlbridge users add`"
+    );
     println!("Ctrl-C to stop.");
     let result = server.join().await;
     signals.abort();

@@ -287,9 +287,11 @@ impl ServerState {
         self.inner.admin
     }
 
-    /// Everything `/metrics` shows about the engine (asks the store for run counts).
+    /// Everything `/metrics` shows about the engine (asks the store for run counts, and
+    /// reads the steps of runs finished since the last call).
     pub async fn engine_metrics(&self) -> metrics::EngineMetrics {
         let t = &self.inner.telemetry;
+        t.scan(&self.inner.engine).await;
         metrics::EngineMetrics {
             runs_by_state: self.inner.engine.store().count_runs(None).await.ok(),
             step_latency: t.step_latency(),

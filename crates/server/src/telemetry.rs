@@ -1,11 +1,17 @@
-//! What the engine does, observed from outside it for `/metrics` and the dashboard: a
-//! [`HighLevelApi`] wrapper counting HighLevel calls by status (429s among them) and noting
-//! which locations were called, so their rate-limit budget can be shown, and a [`Store`]
-//! wrapper feeding the step latency histogram from every saved step result.
+//! What the engine does, observed from outside it for `/metrics` and the dashboard.
 //!
-//! Build the engine with them ([`Telemetry::api`], [`Telemetry::store`], or
-//! [`open_engine`]) and give the same [`Telemetry`] to the server
-//! ([`crate::ServeConfig::telemetry`]).
+//! - Step latencies come from the store: each scrape ([`Telemetry::scan`]) reads the step
+//!   results of the runs that finished since the last one (since the server started at
+//!   first), so the histogram counts every step of this process's lifetime without hooking
+//!   into the engine.
+//! - HighLevel calls by status and 429s: from a [`HighLevelApi`] wrapper
+//!   ([`Telemetry::api`], or [`open_engine`]) when the engine was opened with it (it also
+//!   sees polls and lookups); otherwise from the scanned HighLevel steps' outcomes.
+//! - Each location's remaining budget: from the real client's pacing state (corrected by
+//!   the `X-RateLimit-*` headers), or from the last headers seen when the client does not
+//!   pace; this needs the wrapper, which knows the client.
+//!
+//! Give the same [`Telemetry`] to the server ([`crate::ServeConfig::telemetry`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -15,17 +21,16 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
-use hlbridge_engine::store::{
-    ClaimedRun, Cursor, Failure, NewEvent, StepRecord, StoreFuture, StoreResult,
-};
+use hlbridge_engine::flow::Step;
 use hlbridge_engine::{
-    ClientApi, Engine, EngineConfig, EngineError, HighLevelApi, RunDetail, RunFilter, RunId,
-    RunState, RunSummary, SqliteStore, StepError, Store,
+    ClientApi, Engine, EngineConfig, EngineError, HighLevelApi, RunFilter, RunId, SqliteStore,
+    StepError,
 };
 use hlbridge_highlevel::{BudgetSnapshot, Operation};
 use parking_lot::Mutex;
 use serde::Serialize;
 use serde_json::Value;
+use time::OffsetDateTime;
 
 /// Upper bounds (seconds) of the step latency histogram buckets.
 pub const LATENCY_BUCKETS: [f64; 12] = [
@@ -112,19 +117,58 @@ impl Budget {
     }
 }
 
-#[derive(Default)]
+struct ScanState {
+    /// Runs finished at or before this were counted.
+    watermark: OffsetDateTime,
+    /// Runs finished exactly at the watermark, counted already.
+    at_watermark: BTreeSet<RunId>,
+}
+
 struct Inner {
     calls: Mutex<BTreeMap<String, u64>>,
     rate_limited: AtomicU64,
     steps: HistogramCells,
     keys: Mutex<BTreeSet<String>>,
     clients: Mutex<Vec<ClientApi>>,
+    wrapped: AtomicBool,
+    scan: tokio::sync::Mutex<ScanState>,
 }
 
 /// Counters shared by the wrappers and the server. Cheap to clone.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Telemetry {
     inner: Arc<Inner>,
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Telemetry {
+            inner: Arc::new(Inner {
+                calls: Mutex::default(),
+                rate_limited: AtomicU64::new(0),
+                steps: HistogramCells::default(),
+                keys: Mutex::default(),
+                clients: Mutex::default(),
+                wrapped: AtomicBool::new(false),
+                scan: tokio::sync::Mutex::new(ScanState {
+                    watermark: OffsetDateTime::now_utc(),
+                    at_watermark: BTreeSet::new(),
+                }),
+            }),
+        }
+    }
+}
+
+/// Most runs one scan reads.
+const SCAN_BATCH: u32 = 500;
+
+fn step_kinds(steps: &[Step], out: &mut BTreeMap<String, &'static str>) {
+    for s in steps {
+        out.insert(s.id().to_owned(), s.kind());
+        if let Step::ForEach(f) = s {
+            step_kinds(&f.steps, out);
+        }
+    }
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -149,6 +193,7 @@ impl Telemetry {
         if let Some(c) = &client {
             self.inner.clients.lock().push(c.clone());
         }
+        self.inner.wrapped.store(true, Ordering::Relaxed);
         Arc::new(ObservedApi {
             inner,
             client,
@@ -156,12 +201,74 @@ impl Telemetry {
         })
     }
 
-    /// Wraps the engine's store so step latencies are observed.
-    pub fn store(&self, inner: Arc<dyn Store>) -> Arc<dyn Store> {
-        Arc::new(ObservedStore {
-            inner,
-            telemetry: self.clone(),
-        })
+    /// Reads the step results of the runs finished since the last scan (at most
+    /// [`SCAN_BATCH`] runs, newest first) into the step latency histogram (and, without the
+    /// API wrapper, the HighLevel call counts).
+    pub async fn scan(&self, engine: &Engine) {
+        let mut st = self.inner.scan.lock().await;
+        let filter = RunFilter {
+            flow_id: None,
+            state: None,
+            limit: SCAN_BATCH,
+        };
+        let Ok(runs) = engine.store().list_runs(&filter).await else {
+            return;
+        };
+        let wrapped = self.inner.wrapped.load(Ordering::Relaxed);
+        let mut newest = st.watermark;
+        let mut at_newest: BTreeSet<RunId> = BTreeSet::new();
+        for r in &runs {
+            let Some(done) = r.finished_at else { continue };
+            if done < st.watermark || (done == st.watermark && st.at_watermark.contains(&r.id)) {
+                continue;
+            }
+            match done.cmp(&newest) {
+                std::cmp::Ordering::Greater => {
+                    newest = done;
+                    at_newest.clear();
+                    at_newest.insert(r.id);
+                }
+                std::cmp::Ordering::Equal => {
+                    at_newest.insert(r.id);
+                }
+                std::cmp::Ordering::Less => {}
+            }
+            let Ok(Some(d)) = engine.store().run_detail(r.id).await else {
+                continue;
+            };
+            let mut kinds = BTreeMap::new();
+            if let Some(f) = engine.flow(&r.flow_id) {
+                step_kinds(&f.flow.steps, &mut kinds);
+            }
+            for s in &d.steps {
+                if let Some(end) = s.finished_at {
+                    self.inner
+                        .steps
+                        .observe(Duration::try_from(end - s.started_at).unwrap_or_default());
+                }
+                let leaf = s.step_id.rsplit('.').next().unwrap_or(&s.step_id);
+                let calls_highlevel = matches!(kinds.get(leaf), Some(&"highlevel" | &"find_contact"));
+                if !wrapped && calls_highlevel && s.finished_at.is_some() {
+                    let result = match &s.error {
+                        None => Ok(Value::Null),
+                        Some(e) => Err(StepError {
+                            status: e
+                                .get("status")
+                                .and_then(Value::as_u64)
+                                .and_then(|x| u16::try_from(x).ok()),
+                            ..StepError::permanent("")
+                        }),
+                    };
+                    self.count_call(&result);
+                }
+            }
+        }
+        if newest > st.watermark {
+            st.watermark = newest;
+            st.at_watermark = at_newest;
+        } else {
+            st.at_watermark.extend(at_newest);
+        }
     }
 
     /// HighLevel calls by status (`200`, `404`, `429`, … or `error` for no answer).
@@ -291,146 +398,17 @@ impl HighLevelApi for ObservedApi {
     }
 }
 
-/// The store wrapper (see the module docs).
-struct ObservedStore {
-    inner: Arc<dyn Store>,
-    telemetry: Telemetry,
-}
-
-impl Store for ObservedStore {
-    fn upsert_flow<'a>(
-        &'a self,
-        id: &'a str,
-        name: Option<&'a str>,
-        definition: &'a Value,
-        enabled: bool,
-    ) -> StoreFuture<'a, ()> {
-        self.inner.upsert_flow(id, name, definition, enabled)
-    }
-
-    fn enqueue_events<'a>(&'a self, events: Vec<NewEvent>) -> StoreFuture<'a, Vec<Option<RunId>>> {
-        self.inner.enqueue_events(events)
-    }
-
-    fn claim_runs<'a>(
-        &'a self,
-        worker_id: &'a str,
-        n: u32,
-        lease: Duration,
-    ) -> StoreFuture<'a, Vec<ClaimedRun>> {
-        self.inner.claim_runs(worker_id, n, lease)
-    }
-
-    fn claim_run<'a>(
-        &'a self,
-        run_id: RunId,
-        worker_id: &'a str,
-        lease: Duration,
-    ) -> StoreFuture<'a, Option<ClaimedRun>> {
-        self.inner.claim_run(run_id, worker_id, lease)
-    }
-
-    fn renew_lease<'a>(&'a self, run: &'a ClaimedRun, lease: Duration) -> StoreFuture<'a, bool> {
-        self.inner.renew_lease(run, lease)
-    }
-
-    fn release_run<'a>(&'a self, run: &'a ClaimedRun) -> StoreFuture<'a, bool> {
-        self.inner.release_run(run)
-    }
-
-    fn step_results<'a>(&'a self, run_id: RunId) -> StoreFuture<'a, Vec<StepRecord>> {
-        self.inner.step_results(run_id)
-    }
-
-    fn save_step_result<'a>(
-        &'a self,
-        run_id: RunId,
-        record: &'a StepRecord,
-    ) -> StoreFuture<'a, ()> {
-        Box::pin(async move {
-            let r = self.inner.save_step_result(run_id, record).await;
-            if r.is_ok()
-                && let Some(end) = record.finished_at
-            {
-                let d = end - record.started_at;
-                self.telemetry
-                    .inner
-                    .steps
-                    .observe(Duration::try_from(d).unwrap_or_default());
-            }
-            r
-        })
-    }
-
-    fn complete_run<'a>(&'a self, run: &'a ClaimedRun, state: RunState) -> StoreFuture<'a, bool> {
-        self.inner.complete_run(run, state)
-    }
-
-    fn fail_run<'a>(
-        &'a self,
-        run: &'a ClaimedRun,
-        error: &'a str,
-        body: Option<&'a Value>,
-        failure: Failure,
-    ) -> StoreFuture<'a, bool> {
-        self.inner.fail_run(run, error, body, failure)
-    }
-
-    fn list_runs<'a>(&'a self, filter: &'a RunFilter) -> StoreFuture<'a, Vec<RunSummary>> {
-        self.inner.list_runs(filter)
-    }
-
-    fn run_detail<'a>(&'a self, run_id: RunId) -> StoreFuture<'a, Option<RunDetail>> {
-        self.inner.run_detail(run_id)
-    }
-
-    fn replay<'a>(&'a self, run_id: RunId) -> StoreFuture<'a, RunId> {
-        self.inner.replay(run_id)
-    }
-
-    fn replay_dead<'a>(&'a self, flow_id: Option<&'a str>) -> StoreFuture<'a, Vec<RunId>> {
-        self.inner.replay_dead(flow_id)
-    }
-
-    fn count_runs<'a>(&'a self, flow_id: Option<&'a str>) -> StoreFuture<'a, Vec<(RunState, u64)>> {
-        self.inner.count_runs(flow_id)
-    }
-
-    fn mark_seen<'a>(&'a self, flow_id: &'a str, item_keys: &'a [String]) -> StoreFuture<'a, u64> {
-        self.inner.mark_seen(flow_id, item_keys)
-    }
-
-    fn get_cursor<'a>(
-        &'a self,
-        flow_id: &'a str,
-        location_id: &'a str,
-    ) -> StoreFuture<'a, Option<Cursor>> {
-        self.inner.get_cursor(flow_id, location_id)
-    }
-
-    fn set_cursor<'a>(
-        &'a self,
-        flow_id: &'a str,
-        location_id: &'a str,
-        cursor: &'a Cursor,
-    ) -> StoreFuture<'a, ()> {
-        self.inner.set_cursor(flow_id, location_id, cursor)
-    }
-}
-
-/// Opens the engine on its SQLite store with both wrappers in place: what `hlbridge serve`
-/// and `hlbridge demo` use so `/metrics` and the dashboard see everything.
+/// Opens the engine on its SQLite store with the HighLevel API observed ([`Telemetry::api`]),
+/// so `/metrics` and the dashboard also see HighLevel calls and each location's budget.
 pub async fn open_engine(
     config: EngineConfig,
-    api: Option<Arc<dyn HighLevelApi>>,
     client: Option<ClientApi>,
     telemetry: &Telemetry,
 ) -> Result<Engine, EngineError> {
-    let store: StoreResult<SqliteStore> = SqliteStore::open(&config.data_dir).await;
-    let store = telemetry.store(Arc::new(store?));
-    let api = match api {
-        Some(api) => telemetry.api(api, client),
-        None => telemetry.api(Arc::new(hlbridge_engine::api::NoHighLevel), None),
+    let store = SqliteStore::open(&config.data_dir).await?;
+    let api: Arc<dyn HighLevelApi> = match &client {
+        Some(c) => telemetry.api(Arc::new(c.clone()), client.clone()),
+        None => Arc::new(hlbridge_engine::api::NoHighLevel),
     };
-    Engine::with_store(config, store, api)
+    Engine::with_store(config, Arc::new(store), api)
 }

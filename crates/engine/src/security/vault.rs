@@ -255,6 +255,12 @@ fn create_key_file(dir: &Path, path: &Path) -> Result<MasterKey, VaultError> {
         source,
     };
     std::fs::create_dir_all(dir).map_err(err)?;
+    // Written to a private temporary file first, then linked into place: another process
+    // starting at the same moment sees either no key file or a complete one.
+    let tmp = dir.join(format!(
+        ".{MASTER_KEY_FILE}.{}.tmp",
+        uuid::Uuid::new_v4().simple()
+    ));
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -263,12 +269,16 @@ fn create_key_file(dir: &Path, path: &Path) -> Result<MasterKey, VaultError> {
         options.mode(0o600);
     }
     let key = MasterKey::generate();
-    match options.open(path) {
-        Ok(mut f) => {
-            let text = key.to_base64();
-            f.write_all(text.expose().as_bytes()).map_err(err)?;
-            f.write_all(b"\n").map_err(err)?;
-            f.sync_all().map_err(err)?;
+    let written = (|| {
+        let mut f = options.open(&tmp)?;
+        f.write_all(key.to_base64().expose().as_bytes())?;
+        f.write_all(b"\n")?;
+        f.sync_all()?;
+        std::fs::hard_link(&tmp, path)
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    match written {
+        Ok(()) => {
             tracing::warn!(
                 path = %path.display(),
                 key_id = key.id(),

@@ -329,27 +329,100 @@ async fn save_step(conn: &mut PgConnection, run_id: &str, r: &StepRecord) -> Sto
     Ok(())
 }
 
-/// Ends a run under its lease token; whether the claim still held.
+/// `WITH s AS (…)`: upserts `steps` (bound as arrays from `$first` on) for the run bound at
+/// `$run`, in the same statement as what follows.
+fn steps_cte(run: usize, first: usize) -> String {
+    let p = |i: usize| format!("${}", first + i);
+    format!(
+        "WITH s AS (INSERT INTO step_results (run_id, step_id, position, input, output, error, started_at, finished_at) \
+         SELECT ${run}, x.step_id, (SELECT COUNT(*) FROM step_results WHERE run_id = ${run}) + x.ord - 1, \
+             x.input, x.output, x.error, x.started_at, x.finished_at \
+         FROM UNNEST({}::TEXT[], {}::TEXT[], {}::TEXT[], {}::TEXT[], {}::BIGINT[], {}::BIGINT[]) \
+             WITH ORDINALITY AS x(step_id, input, output, error, started_at, finished_at, ord) \
+         ON CONFLICT (run_id, step_id) DO UPDATE SET input = excluded.input, output = excluded.output, \
+             error = excluded.error, started_at = excluded.started_at, finished_at = excluded.finished_at) ",
+        p(0),
+        p(1),
+        p(2),
+        p(3),
+        p(4),
+        p(5)
+    )
+}
+
+/// Binds `steps` as the six arrays [`steps_cte`] expects.
+fn bind_steps<'q>(
+    q: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    steps: &[StepRecord],
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    let ids: Vec<String> = steps.iter().map(|r| r.step_id.clone()).collect();
+    let inputs: Vec<Option<String>> = steps
+        .iter()
+        .map(|r| r.input.as_ref().map(json_text))
+        .collect();
+    let outputs: Vec<Option<String>> = steps
+        .iter()
+        .map(|r| r.output.as_ref().map(json_text))
+        .collect();
+    let errors: Vec<Option<String>> = steps
+        .iter()
+        .map(|r| r.error.as_ref().map(json_text))
+        .collect();
+    let started: Vec<i64> = steps.iter().map(|r| to_ms(r.started_at)).collect();
+    let finished: Vec<Option<i64>> = steps.iter().map(|r| r.finished_at.map(to_ms)).collect();
+    q.bind(ids)
+        .bind(inputs)
+        .bind(outputs)
+        .bind(errors)
+        .bind(started)
+        .bind(finished)
+}
+
+/// Saves `steps` and ends a run under its lease token, in one statement (one round trip,
+/// atomic); whether the claim still held. The steps are saved either way.
 async fn end_run(
     conn: &mut PgConnection,
     run_id: &str,
     lease_token: &str,
+    steps: &[StepRecord],
     end: &RunEnd,
 ) -> StoreResult<bool> {
     let at = to_ms(now());
-    let n = match end {
-        RunEnd::Complete(state) => {
-            sqlx::query(
-                "UPDATE runs SET state = $1, lease_until = NULL, lease_token = NULL, last_error = NULL, \
-                 finished_at = $2, updated_at = $2 WHERE id = $3 AND lease_token = $4 AND state = 'running'",
-            )
+    // (SQL, number of its parameters, the parameter holding the run id)
+    let (sql, params, run_param) = match end {
+        RunEnd::Complete(_) => (
+            "UPDATE runs SET state = $1, lease_until = NULL, lease_token = NULL, last_error = NULL, \
+             finished_at = $2, updated_at = $2 WHERE id = $3 AND lease_token = $4 AND state = 'running'",
+            4,
+            3,
+        ),
+        RunEnd::Fail { .. } => (
+            "UPDATE runs SET state = $1, next_attempt_at = $2, finished_at = $3, last_error = $4, error_body = $5, \
+             lease_until = NULL, lease_token = NULL, updated_at = $6 \
+             WHERE id = $7 AND lease_token = $8 AND state = 'running'",
+            8,
+            7,
+        ),
+        RunEnd::Release => (
+            "UPDATE runs SET state = 'queued', lease_until = NULL, lease_token = NULL, \
+             attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END, next_attempt_at = $1, updated_at = $1 \
+             WHERE id = $2 AND lease_token = $3 AND state = 'running'",
+            3,
+            2,
+        ),
+    };
+    let sql = if steps.is_empty() {
+        sql.to_owned()
+    } else {
+        format!("{}{sql}", steps_cte(run_param, params + 1))
+    };
+    let q = sqlx::query(AssertSqlSafe(sql));
+    let q = match end {
+        RunEnd::Complete(state) => q
             .bind(state.as_str())
             .bind(at)
             .bind(run_id)
-            .bind(lease_token)
-            .execute(&mut *conn)
-            .await?
-        }
+            .bind(lease_token),
         RunEnd::Fail {
             error,
             body,
@@ -359,36 +432,23 @@ async fn end_run(
                 Failure::RetryAt(t) => (RunState::Failed, to_ms(*t), None),
                 Failure::Dead => (RunState::Dead, at, Some(at)),
             };
-            sqlx::query(
-                "UPDATE runs SET state = $1, next_attempt_at = $2, finished_at = $3, last_error = $4, error_body = $5, \
-                 lease_until = NULL, lease_token = NULL, updated_at = $6 \
-                 WHERE id = $7 AND lease_token = $8 AND state = 'running'",
-            )
-            .bind(state.as_str())
-            .bind(next)
-            .bind(finished)
-            .bind(error)
-            .bind(body.as_ref().map(json_text))
-            .bind(at)
-            .bind(run_id)
-            .bind(lease_token)
-            .execute(&mut *conn)
-            .await?
+            q.bind(state.as_str())
+                .bind(next)
+                .bind(finished)
+                .bind(error.clone())
+                .bind(body.as_ref().map(json_text))
+                .bind(at)
+                .bind(run_id)
+                .bind(lease_token)
         }
-        RunEnd::Release => {
-            sqlx::query(
-                "UPDATE runs SET state = 'queued', lease_until = NULL, lease_token = NULL, \
-                 attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END, next_attempt_at = $1, updated_at = $1 \
-                 WHERE id = $2 AND lease_token = $3 AND state = 'running'",
-            )
-            .bind(at)
-            .bind(run_id)
-            .bind(lease_token)
-            .execute(&mut *conn)
-            .await?
-        }
+        RunEnd::Release => q.bind(at).bind(run_id).bind(lease_token),
     };
-    Ok(n.rows_affected() == 1)
+    let q = if steps.is_empty() {
+        q
+    } else {
+        bind_steps(q, steps)
+    };
+    Ok(q.execute(&mut *conn).await?.rows_affected() == 1)
 }
 
 /// Fills in the saved step results of claimed runs.
@@ -573,7 +633,7 @@ impl PostgresStore {
             .iter()
             .map(|r| Ok((r.try_get::<i64, _>("next_attempt_at")?, claimed(r)?)))
             .collect::<StoreResult<_>>()?;
-        ordered.sort_by(|a, b| (a.0, a.1.id).cmp(&(b.0, b.1.id)));
+        ordered.sort_by_key(|(next, run)| (*next, run.id));
         let mut runs: Vec<ClaimedRun> = ordered.into_iter().map(|(_, r)| r).collect();
         attach_steps(&mut conn, &mut runs).await?;
         Ok(runs)
@@ -704,22 +764,15 @@ impl PostgresStore {
     ) -> StoreResult<bool> {
         let id = run_id.to_string();
         let mut conn = self.pool.acquire().await?;
-        if steps.is_empty() {
-            return match end {
-                Some(end) => end_run(&mut conn, &id, lease_token, end).await,
-                None => Ok(true),
-            };
+        match end {
+            Some(end) => end_run(&mut conn, &id, lease_token, steps, end).await,
+            None => {
+                for s in steps {
+                    save_step(&mut conn, &id, s).await?;
+                }
+                Ok(true)
+            }
         }
-        let mut tx = conn.begin().await?;
-        for s in steps {
-            save_step(&mut tx, &id, s).await?;
-        }
-        let held = match end {
-            Some(end) => end_run(&mut tx, &id, lease_token, end).await?,
-            None => true,
-        };
-        tx.commit().await?;
-        Ok(held)
     }
 
     async fn turn(&self, key: &str, holder: &str, every: Duration) -> StoreResult<TriggerTurn> {

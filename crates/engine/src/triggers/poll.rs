@@ -61,6 +61,15 @@ impl Engine {
             .ok_or_else(|| EngineError::UnknownFlow(flow_id.to_owned()))?;
         let poll = poll_of(&flow)
             .ok_or_else(|| EngineError::Config(format!("flow `{flow_id}` does not poll")))?;
+        // A flow whose HighLevel connection is broken is paused: no poll until it is fixed.
+        if let Some(reason) = self.paused_by(&flow, false).await {
+            tracing::debug!(flow = flow_id, reason, "poll skipped");
+            return Ok(PollReport {
+                fetched: 0,
+                enqueued: 0,
+                baseline: false,
+            });
+        }
         let def = &flow.flow;
         let mut ctx = json!({
             "flow": { "id": def.id, "name": def.name, "connection": def.connection, "location_id": Value::Null },

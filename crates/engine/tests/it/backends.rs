@@ -6,7 +6,9 @@
 //! once and pass.
 //!
 //! [`both_backends!`] turns `async fn name(backend: Backend)` test bodies into one test per
-//! backend: `sqlite::name` and `postgres::name`.
+//! backend: `sqlite::name` and `postgres::name`. [`on_both_backends!`] does the same for
+//! `async fn name()` bodies, which find the backend with [`current`] (the engine helpers in
+//! `fake.rs` do).
 
 use std::io::Write;
 use std::sync::Arc;
@@ -113,6 +115,16 @@ pub fn fresh_schema() -> String {
     )
 }
 
+tokio::task_local! {
+    /// The backend of the running test (see [`on_both_backends!`]).
+    pub static BACKEND: Backend;
+}
+
+/// The backend of the running test (SQLite outside [`on_both_backends!`]).
+pub fn current() -> Backend {
+    BACKEND.try_with(Clone::clone).unwrap_or(Backend::Sqlite)
+}
+
 /// A store backend.
 #[derive(Debug, Clone)]
 pub enum Backend {
@@ -201,6 +213,34 @@ macro_rules! both_backends {
                 async fn $name() {
                     if let Some(b) = $crate::backends::Backend::postgres().await {
                         super::$name(b).await;
+                    }
+                }
+            )+
+        }
+    };
+}
+
+/// [`both_backends!`] for `async fn name()` bodies: the backend is set for the test's task
+/// ([`current`]).
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),+ $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    $crate::backends::BACKEND
+                        .scope($crate::backends::Backend::Sqlite, super::$name())
+                        .await;
+                }
+            )+
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if let Some(b) = $crate::backends::Backend::postgres().await {
+                        $crate::backends::BACKEND.scope(b, super::$name()).await;
                     }
                 }
             )+

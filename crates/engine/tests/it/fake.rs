@@ -103,7 +103,7 @@ pub async fn engine_with(
     flows: &[&str],
 ) -> Engine {
     let api: Arc<dyn HighLevelApi> = fake.clone();
-    let engine = Engine::open_with(cfg, api).await.expect("open engine");
+    let engine = open_engine(cfg, api).await;
     let compiled = flows
         .iter()
         .map(|src| {
@@ -121,6 +121,18 @@ pub async fn engine_with(
         .collect();
     engine.add_flows(compiled).await.expect("add flows");
     engine
+}
+
+/// An engine on the running test's backend ([`crate::backends::current`]): SQLite in the
+/// configuration's data directory, or a fresh PostgreSQL schema.
+pub async fn open_engine(cfg: EngineConfig, api: Arc<dyn HighLevelApi>) -> Engine {
+    match crate::backends::current() {
+        crate::backends::Backend::Sqlite => Engine::open_with(cfg, api).await.expect("open engine"),
+        pg => {
+            let store = pg.store("engine").await;
+            Engine::with_store(cfg, store, api).expect("open engine")
+        }
+    }
 }
 
 /// Waits until `cond` holds (polling), or panics after `secs`.

@@ -64,7 +64,6 @@ async fn run_until_final(
         .expect("run")
 }
 
-#[tokio::test]
 async fn steps_run_in_order_with_mappings_and_dedupe() {
     let fake = FakeHighLevel::new();
     let engine = engine_with("happy", config("happy"), &fake, &[TAGS]).await;
@@ -103,7 +102,6 @@ async fn steps_run_in_order_with_mappings_and_dedupe() {
     assert_eq!(d.steps[1].input, Some(tag_calls[0].clone()));
 }
 
-#[tokio::test]
 async fn filters_skip_runs() {
     let fake = FakeHighLevel::new();
     let engine = engine_with("skip", config("skip"), &fake, &[TAGS]).await;
@@ -134,7 +132,6 @@ async fn filters_skip_runs() {
     assert!(fake.calls_to("contacts.tags.add").is_empty());
 }
 
-#[tokio::test]
 async fn transient_errors_retry_and_resume_without_redoing_steps() {
     let fake = FakeHighLevel::new();
     fake.script(
@@ -166,7 +163,6 @@ async fn transient_errors_retry_and_resume_without_redoing_steps() {
     );
 }
 
-#[tokio::test]
 async fn budget_spent_or_permanent_errors_go_to_dead_letters_then_replay() {
     let fake = FakeHighLevel::new();
     let body = json!({"statusCode": 404, "message": "Contact not found"});
@@ -233,7 +229,6 @@ async fn budget_spent_or_permanent_errors_go_to_dead_letters_then_replay() {
     assert_eq!(dead.len(), 2, "the originals stay as history");
 }
 
-#[tokio::test]
 async fn a_run_whose_worker_died_is_taken_over_after_its_lease() {
     let fake = FakeHighLevel::new();
     let engine = engine_with("crash", config("crash"), &fake, &[TAGS]).await;
@@ -266,7 +261,6 @@ async fn a_run_whose_worker_died_is_taken_over_after_its_lease() {
     );
 }
 
-#[tokio::test]
 async fn shutdown_releases_runs_at_a_step_boundary() {
     let fake = FakeHighLevel::new();
     let engine = engine_with("shutdown", config("shutdown"), &fake, &[TAGS]).await;
@@ -327,7 +321,6 @@ type = "filter"
 condition = "steps.each | length == 3"
 "#;
 
-#[tokio::test]
 async fn for_each_with_custom_fields_and_typed_mappings() {
     let fake = FakeHighLevel::new();
     let engine = engine_with("loop", config("loop"), &fake, &[LOOP]).await;
@@ -371,7 +364,6 @@ async fn for_each_with_custom_fields_and_typed_mappings() {
     assert_eq!(each[1]["upsert"], Value::Null);
 }
 
-#[tokio::test]
 async fn template_errors_are_dead_at_once() {
     let fake = FakeHighLevel::new();
     let engine = engine_with("tmpl", config("tmpl"), &fake, &[TAGS]).await;
@@ -394,3 +386,14 @@ async fn template_errors_are_dead_at_once() {
         d.run.last_error
     );
 }
+
+crate::on_both_backends!(
+    steps_run_in_order_with_mappings_and_dedupe,
+    filters_skip_runs,
+    transient_errors_retry_and_resume_without_redoing_steps,
+    budget_spent_or_permanent_errors_go_to_dead_letters_then_replay,
+    a_run_whose_worker_died_is_taken_over_after_its_lease,
+    shutdown_releases_runs_at_a_step_boundary,
+    for_each_with_custom_fields_and_typed_mappings,
+    template_errors_are_dead_at_once,
+);

@@ -41,7 +41,6 @@ operation = "contacts.get"
 params = { contactId = "{{ steps.up.contact.id }}" }
 "#;
 
-#[tokio::test]
 async fn a_flow_changes_the_sandbox_through_the_real_client() {
     let sandbox = Sandbox::start(SandboxConfig::for_tests())
         .await
@@ -61,9 +60,7 @@ async fn a_flow_changes_the_sandbox_through_the_real_client() {
         },
     );
     let api: Arc<dyn HighLevelApi> = Arc::new(ClientApi::new(client, conns));
-    let engine = hlbridge_engine::Engine::open_with(config("sandbox"), api)
-        .await
-        .expect("engine");
+    let engine = crate::fake::open_engine(config("sandbox"), api).await;
     let flow =
         hlbridge_engine::validate::compile_source("tag_sync.toml", FLOW, &Default::default())
             .unwrap_or_else(|d| {
@@ -121,3 +118,5 @@ params = { contactId = "does-not-exist" }
     assert!(d.error_body.is_some());
     sandbox.shutdown().await;
 }
+
+crate::on_both_backends!(a_flow_changes_the_sandbox_through_the_real_client,);

@@ -4,7 +4,7 @@
 //! constraints, indexes (name, columns, partial or not) and triggers.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use hlbridge_engine::SqliteStore;
 use hlbridge_engine::store::{Database, MigrationInfo, PostgresOptions, PostgresStore};
@@ -58,7 +58,7 @@ fn normal_type(t: &str) -> String {
     }
 }
 
-async fn sqlite_schema(dir: &PathBuf) -> BTreeMap<String, Table> {
+async fn sqlite_schema(dir: &Path) -> BTreeMap<String, Table> {
     let store = SqliteStore::open(dir).await.expect("open SQLite");
     store.close().await;
     let pool = sqlx::sqlite::SqlitePoolOptions::new()

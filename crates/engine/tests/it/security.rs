@@ -188,6 +188,21 @@ async fn two_processes_refresh_exactly_once_and_the_old_refresh_token_dies() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+const POLLING: &str = r#"
+id = "pollme"
+connection = "hl"
+
+[trigger]
+type = "highlevel_poll"
+operation = "contacts.list"
+interval_minutes = 5
+
+[[steps]]
+id = "ok"
+type = "filter"
+condition = "true"
+"#;
+
 const PAUSABLE: &str = r#"
 id = "pausable"
 connection = "hl"
@@ -257,7 +272,9 @@ async fn a_revoked_refresh_token_breaks_the_connection_and_pauses_its_flows() {
     let engine = Engine::open_with(cfg, api).await.expect("engine");
     let flow = hlbridge_engine::validate::compile_source("p.toml", PAUSABLE, &Default::default())
         .unwrap_or_else(|d| panic!("{d:?}"));
-    engine.add_flows(vec![flow]).await.expect("flows");
+    let poller = hlbridge_engine::validate::compile_source("q.toml", POLLING, &Default::default())
+        .unwrap_or_else(|d| panic!("{d:?}"));
+    engine.add_flows(vec![flow, poller]).await.expect("flows");
     let run = engine
         .enqueue("pausable", "e1", json!({}))
         .await

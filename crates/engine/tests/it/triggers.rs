@@ -50,7 +50,6 @@ type = "filter"
 condition = "event.id"
 "#;
 
-#[tokio::test]
 async fn highlevel_webhooks_are_verified_deduped_and_unioned_with_the_backfill() {
     let signer = WebhookSigner::from_ed25519_seed([9; 32]);
     let mut cfg = config("hlwh");
@@ -154,7 +153,6 @@ async fn highlevel_webhooks_are_verified_deduped_and_unioned_with_the_backfill()
     assert_eq!(ids, ["X", "Y"], "exactly one run per object");
 }
 
-#[tokio::test]
 async fn no_keys_means_every_highlevel_webhook_is_refused() {
     let fake = FakeHighLevel::new();
     let engine = engine_with("nokeys", config("nokeys"), &fake, &[CONTACTS]).await;
@@ -194,7 +192,6 @@ type = "filter"
 condition = "true"
 "#;
 
-#[tokio::test]
 async fn app_webhooks_check_hmac_or_bearer_and_dedupe() {
     let mut cfg = config("app");
     cfg.app_secrets.insert("ecosend".into(), "topsecret".into());
@@ -296,7 +293,6 @@ type = "filter"
 condition = "true"
 "#;
 
-#[tokio::test]
 async fn polls_in_updated_mode_follow_the_watermark() {
     let fake = FakeHighLevel::new();
     let engine = engine_with("upd", config("upd"), &fake, &[UPDATED]).await;
@@ -355,7 +351,6 @@ type = "filter"
 condition = "event.scheduled_at"
 "#;
 
-#[tokio::test]
 async fn schedules_fire_once_per_tick() {
     let fake = FakeHighLevel::new();
     let engine = engine_with("sched", config("sched"), &fake, &[EVERY_MINUTE]).await;
@@ -400,7 +395,6 @@ type = "filter"
 condition = "steps.post.status == 201 and steps.post.body.saved"
 "#;
 
-#[tokio::test]
 async fn http_steps_reach_allowed_apps_only() {
     use axum::routing::post;
     type Seen = Arc<Mutex<Vec<(HeaderMap, Value)>>>;
@@ -507,3 +501,12 @@ async fn http_steps_reach_allowed_apps_only() {
     );
     tokio::time::sleep(Duration::from_millis(1)).await;
 }
+
+crate::on_both_backends!(
+    highlevel_webhooks_are_verified_deduped_and_unioned_with_the_backfill,
+    no_keys_means_every_highlevel_webhook_is_refused,
+    app_webhooks_check_hmac_or_bearer_and_dedupe,
+    polls_in_updated_mode_follow_the_watermark,
+    schedules_fire_once_per_tick,
+    http_steps_reach_allowed_apps_only,
+);
