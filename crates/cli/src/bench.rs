@@ -140,6 +140,9 @@ async fn engine(args: EngineBenchArgs) -> Result<()> {
     let m = machine::Machine::detect();
     println!("hlbridge bench engine");
     println!("machine: {m}");
+    if let Some(l) = machine::load_average() {
+        println!("load average (1 min) at start: {l:.2}");
+    }
     println!();
     let mut met = Vec::new();
     if matches!(args.part, Part::All | Part::Memory) {
@@ -160,6 +163,21 @@ async fn engine(args: EngineBenchArgs) -> Result<()> {
         .collect();
     println!("targets: {} (machine: {m})", summary.join(", "));
     Ok(())
+}
+
+/// Prints how busy the rest of the machine was during a measurement (other processes
+/// compete for the same cores, so their load shows in the figures).
+pub(crate) fn print_others(others: Option<f64>) {
+    if let Some(o) = others {
+        println!(
+            "    other processes on the machine kept {o:.2} cores busy on average meanwhile{}",
+            if o > 0.2 {
+                " (figures disturbed: rerun on a quiet machine)"
+            } else {
+                ""
+            }
+        );
+    }
 }
 
 /// `✔ met` or `✘ missed`.

@@ -94,7 +94,10 @@ async fn demo_user(engine: &Engine) -> Option<String> {
     let password = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
     let secret = Secret::new(password.clone());
     let by = Actor::system("demo");
-    let made = match users.add_user("demo", Role::Owner, Some(&secret), &by).await {
+    let made = match users
+        .add_user("demo", Role::Owner, Some(&secret), &by)
+        .await
+    {
         Ok(_) => Ok(()),
         Err(_) => users.set_password("demo", &secret, &by).await,
     };

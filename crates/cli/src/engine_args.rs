@@ -14,6 +14,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use hlbridge_engine::cluster::StoreBudget;
+use hlbridge_engine::security::{Security, SecurityConfig};
 use hlbridge_engine::store::{Database, PostgresOptions, RateBudget};
 use hlbridge_engine::{
     AppConnection, ClientApi, Connection, Engine, EngineConfig, EngineError, HighLevelApi, Store,
@@ -266,6 +267,25 @@ impl EngineArgs {
         let Some(token) = &self.token else {
             return Ok(None);
         };
+        let client = self.client(store)?;
+        let auth = match &self.location_id {
+            Some(loc) => Auth::token_for(token.clone(), loc.clone()),
+            None => Auth::token(token.clone()),
+        };
+        let mut conns = HashMap::new();
+        conns.insert(
+            "default".to_owned(),
+            Connection {
+                auth,
+                location_id: self.location_id.clone(),
+            },
+        );
+        Ok(Some(Arc::new(ClientApi::new(client, conns))))
+    }
+
+    /// The HighLevel client: paced per location by this process and, on PostgreSQL (with
+    /// pacing on), by the rate budget kept in the database.
+    pub fn client(&self, store: &Arc<dyn Store>) -> Result<Client> {
         let mut config = ClientConfig::default();
         if let Some(base) = &self.highlevel_base_url {
             config.base_url = Url::parse(base)
@@ -288,19 +308,39 @@ impl EngineArgs {
             Client::new(config)
         }
         .map_err(|e| anyhow!("HighLevel client: {e}"))?;
-        let auth = match &self.location_id {
-            Some(loc) => Auth::token_for(token.clone(), loc.clone()),
-            None => Auth::token(token.clone()),
+        Ok(client)
+    }
+
+    /// Without `--token`: the HighLevel connections stored with `hlbridge connect`, when
+    /// the store has any (their tokens are refreshed single-flight across every process
+    /// sharing the store). Their app connections and secrets are added to `config`.
+    pub async fn stored_connections_api(
+        &self,
+        store: &Arc<dyn Store>,
+        config: &mut EngineConfig,
+    ) -> Result<Option<Arc<dyn HighLevelApi>>> {
+        let Some(sec_store) = store.security() else {
+            return Ok(None);
         };
-        let mut conns = HashMap::new();
-        conns.insert(
-            "default".to_owned(),
-            Connection {
-                auth,
-                location_id: self.location_id.clone(),
-            },
-        );
-        Ok(Some(Arc::new(ClientApi::new(client, conns))))
+        let stored = sec_store
+            .list_connections()
+            .await
+            .context("reading the stored connections")?;
+        if stored.is_empty() {
+            return Ok(None);
+        }
+        let security = Security::new(sec_store, &config.data_dir, SecurityConfig::default());
+        let conns = security.connections().await.context(
+            "opening the vault (set HLBRIDGE_MASTER_KEY, or give --data with the key file)",
+        )?;
+        conns
+            .apply_to_config(config)
+            .await
+            .context("reading the stored connections")?;
+        if !stored.iter().any(|c| c.kind.starts_with("highlevel")) {
+            return Ok(None);
+        }
+        Ok(Some(Arc::new(conns.api(self.client(store)?))))
     }
 }
 
@@ -328,7 +368,10 @@ pub async fn open_engine(
     let (database, store) = args.db.open(listen).await?;
     let mut config = args.engine_config(&database)?;
     adjust(&mut config)?;
-    let api = args.highlevel_api(&store)?;
+    let api = match args.highlevel_api(&store)? {
+        Some(api) => Some(api),
+        None => args.stored_connections_api(&store, &mut config).await?,
+    };
     let engine = Engine::with_store(
         config,
         store,

@@ -18,9 +18,17 @@ use crate::flows::DataArgs;
 /// Opens the security services (vault, connections, users, audit) of the data directory.
 pub async fn open_security(data: &DataArgs) -> anyhow::Result<Security> {
     if data.database.is_some() {
-        bail!(
-            "connections, users, tokens, the vault and the audit log live in the SQLite store for now; give --data DIR instead of --database"
-        );
+        // PostgreSQL keeps them too; the vault's master key file (when HLBRIDGE_MASTER_KEY
+        // is not set) stays in --data DIR.
+        let (db, store) = data.db().open_existing().await?;
+        let security = store
+            .security()
+            .ok_or_else(|| anyhow::anyhow!("the store at {db} keeps no connections or users"))?;
+        return Ok(Security::new(
+            security,
+            &data.dir(),
+            SecurityConfig::default(),
+        ));
     }
     let dir = data.dir();
     Security::open(&dir, SecurityConfig::default())

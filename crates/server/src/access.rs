@@ -53,15 +53,20 @@ pub enum AccessError {
 impl From<AuthError> for AccessError {
     fn from(e: AuthError) -> Self {
         match e {
-            AuthError::InvalidCredentials => {
-                AccessError::Unauthenticated("wrong user name or password, or an unknown, expired or revoked session or token".into())
-            }
+            AuthError::InvalidCredentials => AccessError::Unauthenticated(
+                "wrong user name or password, or an unknown, expired or revoked session or token"
+                    .into(),
+            ),
             e @ AuthError::Throttled { .. } => AccessError::Throttled(e.to_string()),
             e @ AuthError::Forbidden { .. } => AccessError::Forbidden(e.to_string()),
-            AuthError::Invalid(m) if m.starts_with("no user") || m.starts_with("no active API token") => {
+            AuthError::Invalid(m)
+                if m.starts_with("no user") || m.starts_with("no active API token") =>
+            {
                 AccessError::NotFound(m)
             }
-            AuthError::Invalid(m) if m.contains("last owner") || m.contains("exists") || m.contains("UNIQUE") => {
+            AuthError::Invalid(m)
+                if m.contains("last owner") || m.contains("exists") || m.contains("UNIQUE") =>
+            {
                 AccessError::Conflict(m)
             }
             AuthError::Invalid(m) => AccessError::Invalid(m),
@@ -308,7 +313,9 @@ impl AccessBackend for EngineAccess {
                 .authenticate_password(user, &Secret::new(password), Some(source))
                 .await?;
             let token = s.token.expose().to_owned();
-            let max_age = (s.expires_at - OffsetDateTime::now_utc()).whole_seconds().max(1);
+            let max_age = (s.expires_at - OffsetDateTime::now_utc())
+                .whole_seconds()
+                .max(1);
             Ok(NewSession {
                 principal: session_principal(s.principal, &token),
                 id: token,
@@ -377,7 +384,9 @@ impl AccessBackend for EngineAccess {
     ) -> BoxFuture<'a, Result<UserInfo, AccessError>> {
         Box::pin(async move {
             if self.user(name).await.is_ok() {
-                return Err(AccessError::Conflict(format!("a user named `{name}` exists")));
+                return Err(AccessError::Conflict(format!(
+                    "a user named `{name}` exists"
+                )));
             }
             let by = by.map_or_else(|| Actor::system("setup"), actor);
             let u = self
@@ -566,8 +575,7 @@ impl AccessBackend for EngineAccess {
 #[derive(Debug, Clone, Default)]
 pub struct NoAccess;
 
-const NO_ACCESS: &str =
-    "this server's store has no users (its backend has no security side); the admin API and UI are unavailable";
+const NO_ACCESS: &str = "this server's store has no users (its backend has no security side); the admin API and UI are unavailable";
 
 impl AccessBackend for NoAccess {
     fn has_users(&self) -> BoxFuture<'_, Result<bool, AccessError>> {
@@ -581,10 +589,16 @@ impl AccessBackend for NoAccess {
     ) -> BoxFuture<'a, Result<NewSession, AccessError>> {
         Box::pin(async { Err(AccessError::Storage(NO_ACCESS.into())) })
     }
-    fn authenticate_session<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<Principal, AccessError>> {
+    fn authenticate_session<'a>(
+        &'a self,
+        _: &'a str,
+    ) -> BoxFuture<'a, Result<Principal, AccessError>> {
         Box::pin(async { Err(AccessError::Unauthenticated(NO_ACCESS.into())) })
     }
-    fn authenticate_token<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<Principal, AccessError>> {
+    fn authenticate_token<'a>(
+        &'a self,
+        _: &'a str,
+    ) -> BoxFuture<'a, Result<Principal, AccessError>> {
         Box::pin(async { Err(AccessError::Unauthenticated(NO_ACCESS.into())) })
     }
     fn logout<'a>(&'a self, _: &'a str, _: &'a str) -> BoxFuture<'a, ()> {
@@ -611,7 +625,11 @@ impl AccessBackend for NoAccess {
     ) -> BoxFuture<'a, Result<UserInfo, AccessError>> {
         Box::pin(async { Err(AccessError::Storage(NO_ACCESS.into())) })
     }
-    fn remove_user<'a>(&'a self, _: &'a str, _: &'a Principal) -> BoxFuture<'a, Result<(), AccessError>> {
+    fn remove_user<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a Principal,
+    ) -> BoxFuture<'a, Result<(), AccessError>> {
         Box::pin(async { Err(AccessError::Storage(NO_ACCESS.into())) })
     }
     fn tokens(&self) -> BoxFuture<'_, Result<Vec<TokenInfo>, AccessError>> {
@@ -625,7 +643,11 @@ impl AccessBackend for NoAccess {
     ) -> BoxFuture<'a, Result<(TokenInfo, String), AccessError>> {
         Box::pin(async { Err(AccessError::Storage(NO_ACCESS.into())) })
     }
-    fn revoke_token<'a>(&'a self, _: &'a str, _: &'a Principal) -> BoxFuture<'a, Result<(), AccessError>> {
+    fn revoke_token<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a Principal,
+    ) -> BoxFuture<'a, Result<(), AccessError>> {
         Box::pin(async { Err(AccessError::Storage(NO_ACCESS.into())) })
     }
     fn record<'a>(
@@ -637,11 +659,18 @@ impl AccessBackend for NoAccess {
         _: Value,
     ) -> BoxFuture<'a, Result<(), AccessError>> {
         Box::pin(async move {
-            tracing::info!(action = action.as_str(), target, "audit (no audit log in this store)");
+            tracing::info!(
+                action = action.as_str(),
+                target,
+                "audit (no audit log in this store)"
+            );
             Ok(())
         })
     }
-    fn audit<'a>(&'a self, _: &'a AuditFilter) -> BoxFuture<'a, Result<Vec<AuditEntry>, AccessError>> {
+    fn audit<'a>(
+        &'a self,
+        _: &'a AuditFilter,
+    ) -> BoxFuture<'a, Result<Vec<AuditEntry>, AccessError>> {
         Box::pin(async { Err(AccessError::Storage(NO_ACCESS.into())) })
     }
 }

@@ -35,7 +35,7 @@ use std::net::SocketAddr;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
+use axum::extract::{ConnectInfo, FromRequestParts, OriginalUri, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
@@ -252,7 +252,11 @@ fn origin_ok(parts: &Parts) -> bool {
     else {
         return true;
     };
-    let Some(host) = parts.headers.get(header::HOST).and_then(|v| v.to_str().ok()) else {
+    let Some(host) = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+    else {
         return false;
     };
     let origin_host = origin
@@ -310,13 +314,17 @@ pub(crate) async fn authenticate(parts: &Parts, state: &ServerState) -> Result<P
 }
 
 fn rejection(parts: &Parts, refusal: Refusal) -> AuthRejection {
-    let path = parts
-        .uri
+    // Nested routers see their own part of the path; the original is kept aside.
+    let uri = parts
+        .extensions
+        .get::<OriginalUri>()
+        .map_or(&parts.uri, |o| &o.0);
+    let path = uri
         .path_and_query()
-        .map_or_else(|| parts.uri.path().to_owned(), |p| p.as_str().to_owned());
+        .map_or_else(|| uri.path().to_owned(), |p| p.as_str().to_owned());
     AuthRejection {
         refusal,
-        api: parts.uri.path().starts_with("/api/"),
+        api: uri.path().starts_with("/api/"),
         path,
     }
 }
@@ -407,7 +415,10 @@ impl FromRequestParts<ServerState> for MaybeAuthed {
         state: &ServerState,
     ) -> Result<Self, Self::Rejection> {
         Ok(MaybeAuthed(
-            Authed::from_request_parts(parts, state).await.ok().map(|a| a.0),
+            Authed::from_request_parts(parts, state)
+                .await
+                .ok()
+                .map(|a| a.0),
         ))
     }
 }
@@ -455,7 +466,11 @@ pub(crate) fn clear_cookie() -> HeaderValue {
 /// Middleware: for a urlencoded form POST without the CSRF header, moves the `_csrf` form
 /// field into the header, so the extractors check forms and scripts alike. Bodies larger
 /// than the server's limit are left alone (the handler refuses them).
-pub async fn csrf_form_field(State(state): State<ServerState>, req: Request, next: Next) -> Response {
+pub async fn csrf_form_field(
+    State(state): State<ServerState>,
+    req: Request,
+    next: Next,
+) -> Response {
     let is_form = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -480,7 +495,8 @@ pub async fn csrf_form_field(State(state): State<ServerState>, req: Request, nex
     {
         parts.headers.insert(CSRF_HEADER, v);
     }
-    next.run(Request::from_parts(parts, Body::from(bytes))).await
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
 }
 
 fn form_urlencoded_field(body: &[u8], name: &str) -> Option<String> {
@@ -500,8 +516,13 @@ mod tests {
         use perm::Permission;
         assert_eq!(perm::Read::ACTION, Action::View);
         assert_eq!(perm::Replay::ACTION, Action::OperateRuns);
-        assert!(Role::Operator.can(perm::Replay::ACTION) && !Role::Viewer.can(perm::Replay::ACTION));
-        assert!(Role::Editor.can(perm::EditFlows::ACTION) && !Role::Operator.can(perm::EditFlows::ACTION));
+        assert!(
+            Role::Operator.can(perm::Replay::ACTION) && !Role::Viewer.can(perm::Replay::ACTION)
+        );
+        assert!(
+            Role::Editor.can(perm::EditFlows::ACTION)
+                && !Role::Operator.can(perm::EditFlows::ACTION)
+        );
     }
 
     #[test]

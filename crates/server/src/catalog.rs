@@ -76,11 +76,16 @@ impl OperationInfo {
 
 /// Operations matching a search (`q` in id, name or description, any case), a category
 /// (slug or label) and a kind, in catalog order.
-pub fn search(q: Option<&str>, category: Option<&str>, kind: Option<&str>) -> Vec<&'static Operation> {
-    let q = q.map(str::trim).filter(|s| !s.is_empty()).map(str::to_lowercase);
-    let category = category
-        .filter(|c| !c.is_empty())
-        .and_then(Category::parse);
+pub fn search(
+    q: Option<&str>,
+    category: Option<&str>,
+    kind: Option<&str>,
+) -> Vec<&'static Operation> {
+    let q = q
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_lowercase);
+    let category = category.filter(|c| !c.is_empty()).and_then(Category::parse);
     let kind = kind.filter(|k| !k.is_empty());
     OPERATIONS
         .iter()
@@ -201,8 +206,14 @@ pub fn webhook_events() -> Vec<(&'static str, Value)> {
         ("AppointmentUpdate", with("AppointmentUpdate", &appointment)),
         ("AppointmentDelete", with("AppointmentDelete", &appointment)),
         ("OpportunityCreate", with("OpportunityCreate", &opportunity)),
-        ("OpportunityStageUpdate", with("OpportunityStageUpdate", &opportunity)),
-        ("OpportunityStatusUpdate", with("OpportunityStatusUpdate", &opportunity)),
+        (
+            "OpportunityStageUpdate",
+            with("OpportunityStageUpdate", &opportunity),
+        ),
+        (
+            "OpportunityStatusUpdate",
+            with("OpportunityStatusUpdate", &opportunity),
+        ),
         ("OpportunityDelete", with("OpportunityDelete", &opportunity)),
     ]
 }
@@ -300,16 +311,38 @@ mod tests {
     #[test]
     fn search_and_fields() {
         let tags = search(Some("tags add"), Some("contacts"), Some("action"));
-        assert!(tags.iter().any(|o| o.id == "contacts.tags.add"), "{:?}", tags.iter().map(|o| o.id).collect::<Vec<_>>());
-        assert!(search(None, None, Some("trigger")).iter().all(|o| o.kind == Kind::Trigger));
-        let f = fields("event", &json!({"email": "a@b", "contact": {"tags": [{"n": 1}]}, "odd key": 1}));
+        assert!(
+            tags.iter().any(|o| o.id == "contacts.tags.add"),
+            "{:?}",
+            tags.iter().map(|o| o.id).collect::<Vec<_>>()
+        );
+        assert!(
+            search(None, None, Some("trigger"))
+                .iter()
+                .all(|o| o.kind == Kind::Trigger)
+        );
+        let f = fields(
+            "event",
+            &json!({"email": "a@b", "contact": {"tags": [{"n": 1}]}, "odd key": 1}),
+        );
         let paths: Vec<&str> = f.iter().map(|(p, _)| p.as_str()).collect();
         assert_eq!(
             paths,
-            ["event.email", "event.contact.tags", "event.contact.tags[0].n", "event[\"odd key\"]"]
+            [
+                "event.email",
+                "event.contact.tags",
+                "event.contact.tags[0].n",
+                "event[\"odd key\"]"
+            ]
         );
         assert!(webhook_sample("TaskComplete").is_some_and(|t| t["completed"] == json!(true)));
-        let info = OperationInfo::of(hlbridge_highlevel::operations::find("contacts.tags.add").expect("op"));
-        assert!(info.params.iter().any(|p| p.name == "contactId" && p.required));
+        let info = OperationInfo::of(
+            hlbridge_highlevel::operations::find("contacts.tags.add").expect("op"),
+        );
+        assert!(
+            info.params
+                .iter()
+                .any(|p| p.name == "contactId" && p.required)
+        );
     }
 }

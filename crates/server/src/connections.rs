@@ -102,7 +102,8 @@ pub struct ConfiguredConnections {
 
 impl std::fmt::Debug for ConfiguredConnections {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ConfiguredConnections").finish_non_exhaustive()
+        f.debug_struct("ConfiguredConnections")
+            .finish_non_exhaustive()
     }
 }
 
@@ -292,9 +293,10 @@ fn stored_info(c: hlbridge_engine::security::ConnectionInfo) -> ConnectionInfo {
         detail,
         health,
         message,
-        checked_at: c
-            .last_refresh_at
-            .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok()),
+        checked_at: c.last_refresh_at.and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        }),
     }
 }
 
@@ -329,10 +331,9 @@ impl ConnectionsBackend for ConfiguredConnections {
                     "this server's store keeps no connections; start it with --token or --app-connection".into(),
                 )
             })?;
-            let conns = sec
-                .connections()
-                .await
-                .map_err(|e| ConnectionError::Unsupported(format!("the vault is unavailable: {e}")))?;
+            let conns = sec.connections().await.map_err(|e| {
+                ConnectionError::Unsupported(format!("the vault is unavailable: {e}"))
+            })?;
             let by = crate::access::actor(by);
             let made = match new.kind.as_str() {
                 "highlevel_token" => {
@@ -355,7 +356,9 @@ impl ConnectionsBackend for ConfiguredConnections {
                         Some(t) => AppAuth::Bearer(Secret::new(t)),
                         None => AppAuth::None,
                     };
-                    conns.create_app(name, base.as_ref(), &auth, None, &by).await
+                    conns
+                        .create_app(name, base.as_ref(), &auth, None, &by)
+                        .await
                 }
                 "highlevel_oauth" => {
                     return Err(ConnectionError::Unsupported(format!(

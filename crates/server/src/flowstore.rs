@@ -1,8 +1,10 @@
 //! Flows as the admin API and the UI see them: the engine's loaded flows (file-defined ones
 //! included) with their TOML source. A flow created or changed through the API or the UI is
-//! compiled like a file, installed in the engine, and written as a file: to the file it
-//! came from, else to `<flows dir>/<id>.toml` (when the server has a flows directory), so
-//! flows built in the UI and flow files are the same thing.
+//! compiled like a file, installed in the engine, and written as a file in the server's
+//! flows directory: over the file it was loaded from when that file is in the directory,
+//! else as `<flows dir>/<id>.toml`. Nothing is ever written outside that directory; without
+//! one, flows saved here live in the engine and the database only (download them to keep
+//! them). So flows built in the UI and flow files are the same thing.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -109,8 +111,11 @@ impl FlowStore {
             return Some(s.clone());
         }
         let flow = engine.flow(id)?;
+        // The file's text, when it still defines this very flow (a name given to an
+        // in-memory source is not a file).
         if let Some(file) = &flow.file
             && let Ok(toml) = std::fs::read_to_string(file)
+            && toml::from_str::<Flow>(&toml).is_ok_and(|f| f == flow.flow)
         {
             return Some(FlowSource {
                 toml,
@@ -158,9 +163,12 @@ impl FlowStore {
             .get(&id)
             .and_then(|s| s.file.clone())
             .or_else(|| existing.as_ref().and_then(|f| f.file.clone()));
-        let file = current_file
-            .map(PathBuf::from)
-            .or_else(|| self.dir.as_ref().map(|d| d.join(format!("{id}.toml"))));
+        let file = self.dir.as_ref().map(|dir| {
+            current_file
+                .map(PathBuf::from)
+                .filter(|f| inside(dir, f))
+                .unwrap_or_else(|| dir.join(format!("{id}.toml")))
+        });
         if let Some(path) = &file {
             write_atomically(path, toml)
                 .map_err(|e| FlowError::Storage(format!("writing {}: {e}", path.display())))?;
@@ -191,6 +199,14 @@ impl FlowStore {
             .ok_or_else(|| FlowError::NotFound(id.to_owned()))?;
         let toml = set_enabled_in_source(&source.toml, enabled);
         self.save(engine, &toml, Some(id)).await
+    }
+}
+
+/// Whether `file` is in `dir` (both resolved; a file that does not exist is not).
+fn inside(dir: &Path, file: &Path) -> bool {
+    match (dir.canonicalize(), file.canonicalize()) {
+        (Ok(d), Ok(f)) => f.starts_with(d),
+        _ => false,
     }
 }
 

@@ -154,11 +154,17 @@ mod tests {
         for t in TEMPLATES {
             let info = t.info();
             assert_eq!(info.id, t.id);
-            assert!(!info.steps.is_empty() && !info.trigger.is_empty(), "{}", t.id);
+            assert!(
+                !info.steps.is_empty() && !info.trigger.is_empty(),
+                "{}",
+                t.id
+            );
         }
         let tag = find("tag-segmentation").expect("tag template");
         assert_eq!(tag.sample_event()["type"], "tag.added");
-        let copy = tag.instantiate("tags-2", Some("Tags")).expect("instantiate");
+        let copy = tag
+            .instantiate("tags-2", Some("Tags"))
+            .expect("instantiate");
         assert!(copy.contains("id = \"tags-2\""), "{copy}");
     }
 }

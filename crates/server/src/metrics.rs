@@ -263,10 +263,7 @@ pub(crate) fn prometheus_engine(m: &Metrics, e: &EngineMetrics) -> String {
         out.push_str("# HELP hlbridge_runs Runs by state (all flows).\n");
         out.push_str("# TYPE hlbridge_runs gauge\n");
         for s in hlbridge_engine::RunState::ALL {
-            let n = runs
-                .iter()
-                .find(|(st, _)| *st == s)
-                .map_or(0, |(_, n)| *n);
+            let n = runs.iter().find(|(st, _)| *st == s).map_or(0, |(_, n)| *n);
             let _ = writeln!(out, "hlbridge_runs{{state=\"{}\"}} {n}", s.as_str());
         }
         let depth: u64 = runs
@@ -290,7 +287,10 @@ pub(crate) fn prometheus_engine(m: &Metrics, e: &EngineMetrics) -> String {
     let h = &e.step_latency;
     for (i, b) in crate::telemetry::LATENCY_BUCKETS.iter().enumerate() {
         let n = h.buckets.get(i).copied().unwrap_or(0);
-        let _ = writeln!(out, "hlbridge_step_duration_seconds_bucket{{le=\"{b}\"}} {n}");
+        let _ = writeln!(
+            out,
+            "hlbridge_step_duration_seconds_bucket{{le=\"{b}\"}} {n}"
+        );
     }
     let _ = writeln!(
         out,

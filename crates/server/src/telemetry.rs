@@ -247,7 +247,8 @@ impl Telemetry {
                         .observe(Duration::try_from(end - s.started_at).unwrap_or_default());
                 }
                 let leaf = s.step_id.rsplit('.').next().unwrap_or(&s.step_id);
-                let calls_highlevel = matches!(kinds.get(leaf), Some(&"highlevel" | &"find_contact"));
+                let calls_highlevel =
+                    matches!(kinds.get(leaf), Some(&"highlevel" | &"find_contact"));
                 if !wrapped && calls_highlevel && s.finished_at.is_some() {
                     let result = match &s.error {
                         None => Ok(Value::Null),
@@ -314,7 +315,9 @@ impl Telemetry {
     fn count_call(&self, result: &Result<Value, StepError>) {
         let status = match result {
             Ok(_) => "200".to_owned(),
-            Err(e) => e.status.map_or_else(|| "error".to_owned(), |s| s.to_string()),
+            Err(e) => e
+                .status
+                .map_or_else(|| "error".to_owned(), |s| s.to_string()),
         };
         if status == "429" {
             self.inner.rate_limited.fetch_add(1, Ordering::Relaxed);

@@ -449,8 +449,12 @@ async fn run_in(
         auth: Auth::token_for(info.token.clone(), info.location_id.clone()),
         location_id: Some(info.location_id.clone()),
     };
-    let compiled = compile_source(&format!("{flow_id}.toml"), toml, &ValidationContext::default())
-        .map_err(TestError::Invalid)?;
+    let compiled = compile_source(
+        &format!("{flow_id}.toml"),
+        toml,
+        &ValidationContext::default(),
+    )
+    .map_err(TestError::Invalid)?;
     let flow = compiled.flow.clone();
     let mut conns: HashMap<String, Connection> = HashMap::new();
     conns.insert(flow.connection.clone(), conn.clone());
@@ -479,7 +483,9 @@ async fn run_in(
     }
     let app_secret = format!("test-{}", uuid::Uuid::new_v4().simple());
     if let Trigger::AppWebhook(t) = &flow.trigger {
-        config.app_secrets.insert(t.secret.clone(), app_secret.clone());
+        config
+            .app_secrets
+            .insert(t.secret.clone(), app_secret.clone());
     }
     let signer = WebhookSigner::from_ed25519_seed(rand_seed());
     config.highlevel_webhook_keys = vec![signer.ed25519_public_key_base64()];
@@ -623,7 +629,14 @@ async fn run_in(
                     .collect::<Result<_, TestError>>()?,
                 ..expect.clone()
             };
-            check(&expect, &details, &calls, sandbox, &mut failures, &mut not_checked);
+            check(
+                &expect,
+                &details,
+                &calls,
+                sandbox,
+                &mut failures,
+                &mut not_checked,
+            );
             Some(failures.is_empty())
         }
     };
@@ -710,7 +723,8 @@ fn check(
                     .as_ref()
                     .map(|p| format!(" with {p}"))
                     .unwrap_or_default(),
-                c.count.map_or_else(|| "at least one".to_owned(), |n| n.to_string())
+                c.count
+                    .map_or_else(|| "at least one".to_owned(), |n| n.to_string())
             ));
         }
     }

@@ -20,6 +20,7 @@ use anyhow::{Result, bail};
 use parking_lot::Mutex;
 
 use super::harness::{Harness, Marks};
+use super::machine::{SystemCpu, cpu_time};
 use super::stats::{Summary, ms};
 use super::{EngineBenchArgs, verdict};
 
@@ -47,12 +48,14 @@ pub async fn run(args: &EngineBenchArgs) -> Result<bool> {
     let events: Vec<_> = (0..total).map(|i| h.event(i)).collect();
     let baseline = h.note_count();
     // When each request was sent and when its 202 arrived.
-    let sent: Arc<Mutex<Vec<Option<(Instant, Instant)>>>> = Arc::new(Mutex::new(vec![None; total]));
+    type Sent = Arc<Mutex<Vec<Option<(Instant, Instant)>>>>;
+    let sent: Sent = Arc::new(Mutex::new(vec![None; total]));
 
     let period = Duration::from_secs_f64(1.0 / f64::from(rate));
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let start = Instant::now();
+    let (cpu0, sys0) = (cpu_time(), SystemCpu::now());
     let mut tasks = Vec::with_capacity(total);
     for (i, ev) in events.into_iter().enumerate() {
         tick.tick().await;
@@ -73,6 +76,10 @@ pub async fn run(args: &EngineBenchArgs) -> Result<bool> {
     }
     h.wait_done(baseline, total, Duration::from_secs(120))
         .await?;
+    let others = cpu0
+        .zip(cpu_time())
+        .zip(sys0)
+        .and_then(|((a, b), s)| s.others_since(b.saturating_sub(a)));
     let written = h.notes_written();
     if written.len() != total {
         bail!(
@@ -116,6 +123,7 @@ pub async fn run(args: &EngineBenchArgs) -> Result<bool> {
     if let Some(s) = Summary::of(whole) {
         println!("    request sent → HighLevel call handed to the client:             {s}");
     }
+    super::print_others(others);
     if let Some(p) = &h.profile {
         p.print(total);
     }

@@ -90,6 +90,54 @@ pub fn cpu_time() -> Option<Duration> {
     Some(Duration::from_secs_f64((utime + stime) as f64 / ticks))
 }
 
+/// The machine's CPU time so far (all processes), from the `cpu` line of `/proc/stat`.
+#[derive(Debug, Clone, Copy)]
+pub struct SystemCpu {
+    busy: u64,
+    at: std::time::Instant,
+}
+
+impl SystemCpu {
+    /// Reads the counters now.
+    pub fn now() -> Option<SystemCpu> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+        let v: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        // user nice system idle iowait irq softirq steal …: busy is all but idle and iowait.
+        let busy = v.iter().take(8).sum::<u64>() - v.get(3)? - v.get(4)?;
+        Some(SystemCpu {
+            busy,
+            at: std::time::Instant::now(),
+        })
+    }
+
+    /// Cores kept busy on average since `self` by processes other than this one, given the
+    /// CPU time this process used meanwhile.
+    pub fn others_since(&self, own: Duration) -> Option<f64> {
+        let end = SystemCpu::now()?;
+        let wall = end.at.duration_since(self.at).as_secs_f64();
+        if wall <= 0.0 {
+            return None;
+        }
+        let busy = end.busy.saturating_sub(self.busy) as f64 / clock_ticks();
+        Some(((busy - own.as_secs_f64()) / wall).max(0.0))
+    }
+}
+
+/// The 1-minute load average.
+pub fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// Clock ticks per second of `/proc/*/stat` times (`USER_HZ`, 100 on Linux).
 fn clock_ticks() -> f64 {
     100.0
@@ -105,6 +153,9 @@ mod tests {
         assert!(m.nproc >= 1);
         assert!(rss_bytes().is_some_and(|b| b > 0));
         assert!(cpu_time().is_some());
+        let sys = SystemCpu::now().expect("/proc/stat");
+        assert!(sys.others_since(Duration::ZERO).is_some_and(|c| c >= 0.0));
+        assert!(load_average().is_some());
         assert_eq!(mib(3 * 1024 * 1024 / 2), "1.5 MiB");
     }
 }

@@ -156,7 +156,7 @@ pub async fn run(args: &EngineBenchArgs) -> Result<bool> {
 /// Flow number `i`: even ones take an app's order events to HighLevel, odd ones take
 /// HighLevel contact events to an app.
 pub fn generated_flow(i: usize) -> String {
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         format!(
             r#"# Generated flow {i} (hlbridge bench engine, memory part).
 id = "gen-{i:05}"

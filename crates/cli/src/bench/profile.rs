@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use futures::future::BoxFuture;
 use hlbridge_engine::Store;
 use hlbridge_engine::store::{
-    ClaimedRun, Cursor, Failure, NewEvent, RunDetail, RunEnd, RunFilter, RunId, RunState,
-    RunSummary, StepRecord, StoreFuture, StoreResult,
+    ClaimedRun, Cursor, Failure, NewEvent, RateBudget, RunDetail, RunEnd, RunFilter, RunId,
+    RunState, RunSummary, SlotAnswer, SlotTake, StepRecord, StoreFuture, StoreResult, TriggerTurn,
 };
 use parking_lot::Mutex;
 use serde_json::Value;
@@ -192,6 +192,57 @@ impl Store for Timed {
         self.time(
             "set_cursor",
             self.inner.set_cursor(flow_id, location_id, cursor),
+        )
+    }
+
+    fn security(&self) -> Option<Arc<dyn hlbridge_engine::store::security::SecurityStore>> {
+        self.inner.security()
+    }
+
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+
+    fn wakeups(&self) -> Option<Arc<tokio::sync::Notify>> {
+        self.inner.wakeups()
+    }
+
+    fn take_trigger_turn<'a>(
+        &'a self,
+        key: &'a str,
+        holder: &'a str,
+        every: Duration,
+    ) -> StoreFuture<'a, TriggerTurn> {
+        self.time(
+            "take_trigger_turn",
+            self.inner.take_trigger_turn(key, holder, every),
+        )
+    }
+
+    fn take_rate_slot<'a>(
+        &'a self,
+        key: &'a str,
+        budget: &'a RateBudget,
+        claim: &'a str,
+    ) -> StoreFuture<'a, SlotTake> {
+        self.time(
+            "take_rate_slot",
+            self.inner.take_rate_slot(key, budget, claim),
+        )
+    }
+
+    fn answer_rate_slot<'a>(
+        &'a self,
+        key: &'a str,
+        budget: &'a RateBudget,
+        slot: u32,
+        claim: &'a str,
+        answer: SlotAnswer,
+    ) -> StoreFuture<'a, ()> {
+        self.time(
+            "answer_rate_slot",
+            self.inner
+                .answer_rate_slot(key, budget, slot, claim, answer),
         )
     }
 }

@@ -120,6 +120,11 @@ fn notice(msg: &str) {
 /// Starts `hlbridge <args>` and waits for a stdout line starting with `ready`; returns the
 /// child and the rest of that line.
 fn start(args: &[String], ready: &str) -> (Child, String) {
+    start_with(args, ready, &[])
+}
+
+/// [`start`] with extra environment variables.
+fn start_with(args: &[String], ready: &str, env: &[(&str, &str)]) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_hlbridge"))
         .args(args)
         .env_remove("HLBRIDGE_DATA")
@@ -127,6 +132,8 @@ fn start(args: &[String], ready: &str) -> (Child, String) {
         .env_remove("HLBRIDGE_BASE_URL")
         .env_remove("HLBRIDGE_TOKEN")
         .env_remove("HLBRIDGE_APP_SECRETS")
+        .env_remove("HLBRIDGE_MASTER_KEY")
+        .envs(env.iter().copied())
         .env("HLBRIDGE_LOG", "error")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -387,6 +394,217 @@ async fn three_workers_share_the_queue_and_the_budget_and_survive_a_sigkill() {
         let _ = Command::new("kill").args(["-TERM", &pid]).status();
         let status = w.wait().expect("wait worker");
         assert!(status.success(), "worker stopped gracefully: {status:?}");
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &serve.id().to_string()])
+        .status();
+    assert!(serve.wait().expect("wait serve").success());
+    store.close().await;
+    sandbox.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Runs the authorization-code flow against the sandbox as a person would (approve the
+/// location; the sandbox redirects to a loopback callback) and exchanges the code.
+async fn authorize(sb: &Sandbox) -> hlbridge_highlevel::OAuthTokens {
+    use hlbridge_engine::security::Secret;
+    use hlbridge_engine::security::oauth::{self, CallbackListener};
+    let info = sb.info();
+    let base = hlbridge_highlevel::Url::parse(&info.base_url).expect("url");
+    let listener = CallbackListener::bind(0).await.expect("bind");
+    let redirect = listener.redirect_uri().to_owned();
+    let url = oauth::authorize_url(
+        &oauth::endpoint(&base, "/oauth/chooselocation").expect("endpoint"),
+        &info.oauth.client_id,
+        &redirect,
+        &["contacts.readonly".to_owned(), "contacts.write".to_owned()],
+        listener.state(),
+    );
+    let wait = tokio::spawn(listener.wait(Duration::from_secs(60)));
+    let page = reqwest::get(format!("{url}&approve=1&location_id={}", info.location_id))
+        .await
+        .expect("approve");
+    assert_eq!(page.status().as_u16(), 200);
+    let code = wait.await.expect("join").expect("code");
+    oauth::exchange_code(
+        &oauth::http_client(),
+        &base,
+        &info.oauth.client_id,
+        &Secret::new(info.oauth.client_secret.clone()),
+        &code,
+        &redirect,
+    )
+    .await
+    .expect("exchange")
+}
+
+/// Three worker processes find the stored OAuth connection's access token expired under a
+/// burst of events: exactly one refresh happens across the cluster (one committed token
+/// version, one `connection.refreshed` audit entry), HighLevel's rotation of the refresh
+/// token breaks nothing, and every event is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_workers_refresh_an_expired_token_once() {
+    use hlbridge_engine::security::{Actor, MasterKey, Secret, Security, SecurityConfig};
+    use hlbridge_engine::store::security::AuditFilter;
+
+    let Some((url, store)) = fresh_store().await else {
+        return;
+    };
+    let mut cfg = SandboxConfig::for_tests();
+    cfg.rate_limit.enabled = false;
+    cfg.access_token_ttl = Duration::from_secs(3600);
+    let sandbox = Sandbox::start(cfg).await.expect("sandbox");
+    let info = sandbox.info();
+    let http = reqwest::Client::new();
+    let mut contacts = Vec::new();
+    for i in 0..4 {
+        contacts.push(create_contact(&http, &info, 100 + i).await);
+    }
+
+    // The connection, stored as `hlbridge connect` would, with an access token that has
+    // already expired: the first call anywhere must refresh it.
+    let dir = std::env::temp_dir().join(format!("hlbridge-refresh-{}", uuid::Uuid::new_v4()));
+    let flows = dir.join("flows");
+    std::fs::create_dir_all(&flows).expect("flows dir");
+    std::fs::write(flows.join("tag_events.toml"), FLOW).expect("flow");
+    let master = MasterKey::generate().to_base64();
+    let security = Security::new(
+        hlbridge_engine::Store::security(&store).expect("security store"),
+        &dir,
+        SecurityConfig::default(),
+    )
+    .with_master_key(MasterKey::from_base64(master.expose()).expect("key"));
+    let conns = security.connections().await.expect("connections");
+    let mut tokens = authorize(&sandbox).await;
+    let original = tokens.access_token.clone();
+    tokens.expires_at = time::OffsetDateTime::now_utc() - Duration::from_secs(1);
+    conns
+        .create_oauth(
+            "default",
+            &hlbridge_highlevel::Url::parse(&info.base_url).expect("url"),
+            &info.oauth.client_id,
+            &Secret::new(info.oauth.client_secret.clone()),
+            &tokens,
+            &Actor::cli(),
+        )
+        .await
+        .expect("store the connection");
+
+    // No --token: every process uses the stored connection.
+    let env = [("HLBRIDGE_MASTER_KEY", master.expose())];
+    let base_args = |cmd: &str, data: &str| -> Vec<String> {
+        [
+            cmd,
+            "--database",
+            &url,
+            "--data",
+            data,
+            "--flows",
+            &flows.display().to_string(),
+            "--highlevel-base-url",
+            &info.base_url,
+            "--lease",
+            "5s",
+            "--db-connections",
+            "4",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect()
+    };
+    let mut serve_args = base_args("serve", &dir.join("serve").display().to_string());
+    serve_args.extend(["--port", "0", "--no-workers"].map(str::to_owned));
+    let (mut serve, base_url) = start_with(&serve_args, "hlbridge serving on ", &env);
+    let mut workers = Vec::new();
+    for w in 0..3 {
+        let mut args = base_args("worker", &dir.join(format!("w{w}")).display().to_string());
+        args.extend(["--workers", "2", "--name", &format!("r{w}")].map(str::to_owned));
+        workers.push(start_with(&args, "hlbridge worker ", &env).0);
+    }
+
+    let n = 30;
+    let events: Vec<Value> = (0..n)
+        .map(|i| {
+            json!({
+                "id": format!("evt-r{i}"),
+                "contact": contacts[i % contacts.len()],
+                "tag": format!("evt-r{i:03}"),
+            })
+        })
+        .collect();
+    let accepted: Vec<bool> = futures::future::join_all(events.iter().map(|body| {
+        http.post(format!("{base_url}/hooks/app/tag_events"))
+            .bearer_auth("cluster-secret")
+            .json(body)
+            .send()
+    }))
+    .await
+    .into_iter()
+    .map(|r| r.map(|r| r.status().is_success()).unwrap_or(false))
+    .collect();
+    assert!(accepted.iter().all(|a| *a));
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let counts = store.count_runs(Some("tag_events")).await.expect("counts");
+        if counts == vec![(RunState::Succeeded, n as u64)] {
+            break;
+        }
+        assert!(
+            !counts.iter().any(|(s, _)| *s == RunState::Dead),
+            "runs failed: {counts:?}"
+        );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "runs did not all finish: {counts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let runs = store
+        .list_runs(&RunFilter {
+            flow_id: Some("tag_events".into()),
+            state: None,
+            limit: 100,
+        })
+        .await
+        .expect("runs");
+    let by_worker: BTreeSet<String> = runs
+        .iter()
+        .filter_map(|r| r.worker_id.as_deref())
+        .map(|w| w.split('-').next().unwrap_or(w).to_owned())
+        .collect();
+    let sec = hlbridge_engine::Store::security(&store).expect("security store");
+    let row = sec
+        .get_connection("default")
+        .await
+        .expect("get")
+        .expect("connection");
+    assert_eq!(row.status, "ok", "{:?}", row.status_reason);
+    assert_eq!(row.token_version, 1, "exactly one refresh was committed");
+    let refreshed: Vec<_> = sec
+        .list_audit(&AuditFilter::default())
+        .await
+        .expect("audit")
+        .into_iter()
+        .filter(|e| e.action == "connection.refreshed")
+        .collect();
+    assert_eq!(
+        refreshed.len(),
+        1,
+        "one refresh across the cluster: {refreshed:?}"
+    );
+    let applied = applied(&sandbox, &contacts);
+    assert_eq!(applied.values().map(Vec::len).sum::<usize>(), n);
+    eprintln!(
+        "{n} runs by {by_worker:?}; one refresh ({} → new token)",
+        &original[..original.len().min(6)]
+    );
+
+    for mut w in workers {
+        let _ = Command::new("kill")
+            .args(["-TERM", &w.id().to_string()])
+            .status();
+        assert!(w.wait().expect("wait worker").success());
     }
     let _ = Command::new("kill")
         .args(["-TERM", &serve.id().to_string()])

@@ -247,3 +247,105 @@ macro_rules! on_both_backends {
         }
     };
 }
+
+/// The PostgreSQL schema standing for each data directory, so several "processes" of one
+/// test opened on the same directory share one database on either backend.
+static SCHEMAS: std::sync::Mutex<std::collections::BTreeMap<std::path::PathBuf, String>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// The test's database for data directory `dir` on the running test's backend.
+pub fn shared_at(dir: &std::path::Path) -> Shared {
+    match current() {
+        Backend::Sqlite => Shared::Sqlite(dir.to_path_buf()),
+        Backend::Postgres(url) => {
+            let schema = SCHEMAS
+                .lock()
+                .map(|mut m| {
+                    m.entry(dir.to_path_buf())
+                        .or_insert_with(fresh_schema)
+                        .clone()
+                })
+                .unwrap_or_else(|_| fresh_schema());
+            Shared::Postgres { url, schema }
+        }
+    }
+}
+
+/// One store handle, as one process holds it: the run queue and its security side.
+pub struct TestStore {
+    store: Arc<dyn Store>,
+    security: Arc<dyn hlbridge_engine::store::security::SecurityStore>,
+    sqlite: Option<SqliteStore>,
+    postgres: Option<PostgresStore>,
+}
+
+impl TestStore {
+    /// The run queue side.
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.store.clone()
+    }
+
+    /// The security side.
+    pub fn security(&self) -> Arc<dyn hlbridge_engine::store::security::SecurityStore> {
+        self.security.clone()
+    }
+
+    /// Closes the connections.
+    pub async fn close(&self) {
+        if let Some(s) = &self.sqlite {
+            s.close().await;
+        }
+        if let Some(s) = &self.postgres {
+            s.close().await;
+        }
+    }
+}
+
+impl std::ops::Deref for TestStore {
+    type Target = dyn hlbridge_engine::store::security::SecurityStore;
+
+    fn deref(&self) -> &Self::Target {
+        self.security.as_ref()
+    }
+}
+
+/// Opens a store handle on data directory `dir`'s database (see [`shared_at`]).
+pub async fn open_at(dir: &std::path::Path) -> TestStore {
+    let (store, sqlite, postgres): (Arc<dyn Store>, _, _) = match shared_at(dir) {
+        Shared::Sqlite(d) => {
+            let s = SqliteStore::open(&d).await.expect("open SQLite");
+            (Arc::new(s.clone()), Some(s), None)
+        }
+        Shared::Postgres { url, schema } => {
+            let s = PostgresStore::connect_with(
+                &url,
+                &PostgresOptions {
+                    max_connections: 4,
+                    schema: Some(schema),
+                    ..PostgresOptions::default()
+                },
+            )
+            .await
+            .expect("open PostgreSQL");
+            (Arc::new(s.clone()), None, Some(s))
+        }
+    };
+    let security = store
+        .security()
+        .expect("the store keeps the security tables");
+    TestStore {
+        store,
+        security,
+        sqlite,
+        postgres,
+    }
+}
+
+/// An engine on the database of `config.data_dir` (see [`shared_at`]).
+pub async fn engine_at(
+    config: hlbridge_engine::EngineConfig,
+    api: Arc<dyn hlbridge_engine::HighLevelApi>,
+) -> hlbridge_engine::Engine {
+    let store = open_at(&config.data_dir.clone()).await.store();
+    hlbridge_engine::Engine::with_store(config, store, api).expect("engine")
+}

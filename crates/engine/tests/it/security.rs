@@ -16,13 +16,14 @@ use hlbridge_engine::security::{
 };
 use hlbridge_engine::store::security::{AuditFilter, SecretRef, SecurityStore};
 use hlbridge_engine::triggers::sign_hmac_sha256;
-use hlbridge_engine::{Engine, HighLevelApi, RunState, SqliteStore};
+use hlbridge_engine::{HighLevelApi, RunState};
 use hlbridge_highlevel::{Client, ClientConfig, OAuthTokens, Url, operations};
 use hlbridge_sandbox::{Sandbox, SandboxConfig};
 use reqwest::header::{HeaderMap, HeaderValue};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
+use crate::backends::{TestStore, engine_at, open_at};
 use crate::fake::{config, temp_dir};
 
 async fn sandbox(tweak: impl FnOnce(&mut SandboxConfig)) -> Sandbox {
@@ -34,9 +35,9 @@ async fn sandbox(tweak: impl FnOnce(&mut SandboxConfig)) -> Sandbox {
 }
 
 /// A "process": its own store handle and security services on the shared data directory.
-async fn process(dir: &Path, master: &Secret) -> (SqliteStore, Security, Connections) {
-    let store = SqliteStore::open(dir).await.expect("store");
-    let sec = Security::new(Arc::new(store.clone()), dir, SecurityConfig::default())
+async fn process(dir: &Path, master: &Secret) -> (TestStore, Security, Connections) {
+    let store = open_at(dir).await;
+    let sec = Security::new(store.security(), dir, SecurityConfig::default())
         .with_master_key(MasterKey::from_base64(master.expose()).expect("key"));
     let conns = sec.connections().await.expect("connections");
     (store, sec, conns)
@@ -101,7 +102,6 @@ async fn audit_actions(store: &dyn SecurityStore, action: &str) -> Vec<Value> {
 
 const SCOPES: &[&str] = &["contacts.readonly", "contacts.write"];
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_processes_refresh_exactly_once_and_the_old_refresh_token_dies() {
     let sb = sandbox(|_| {}).await;
     let info = sb.info();
@@ -158,7 +158,7 @@ async fn two_processes_refresh_exactly_once_and_the_old_refresh_token_dies() {
         .expect("row");
     assert_eq!(row.token_version, 1, "exactly one refresh was committed");
     assert_eq!(row.status, "ok");
-    let refreshed = audit_actions(&store_a, "connection.refreshed").await;
+    let refreshed = audit_actions(&*store_a, "connection.refreshed").await;
     assert_eq!(refreshed.len(), 1, "{refreshed:?}");
     assert_eq!(refreshed[0]["target"], "hl");
     // HighLevel rotated the refresh token: the one we started with no longer works.
@@ -217,7 +217,6 @@ type = "highlevel"
 operation = "contacts.list"
 "#;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_refresh_token_breaks_the_connection_and_pauses_its_flows() {
     let sb = sandbox(|_| {}).await;
     let info = sb.info();
@@ -269,7 +268,7 @@ async fn a_revoked_refresh_token_breaks_the_connection_and_pauses_its_flows() {
     // The engine runs a flow through the stored connection.
     cfg.lease = Duration::from_secs(30);
     let api: Arc<dyn HighLevelApi> = Arc::new(conns.api(client(&info.base_url)));
-    let engine = Engine::open_with(cfg, api).await.expect("engine");
+    let engine = engine_at(cfg, api).await;
     let flow = hlbridge_engine::validate::compile_source("p.toml", PAUSABLE, &Default::default())
         .unwrap_or_else(|d| panic!("{d:?}"));
     let poller = hlbridge_engine::validate::compile_source("q.toml", POLLING, &Default::default())
@@ -300,7 +299,7 @@ async fn a_revoked_refresh_token_breaks_the_connection_and_pauses_its_flows() {
         Health::Broken { reason } => assert!(reason.contains("refused"), "{reason}"),
         other => panic!("{other:?}"),
     }
-    let broken = audit_actions(&store, "connection.broken").await;
+    let broken = audit_actions(&*store, "connection.broken").await;
     assert_eq!(broken.len(), 1, "{broken:?}");
     assert_eq!(broken[0]["target"], "hl");
     assert_eq!(broken[0]["actor"], "token-refresh");
@@ -309,7 +308,7 @@ async fn a_revoked_refresh_token_breaks_the_connection_and_pauses_its_flows() {
     let d = engine.execute_run(run).await.expect("execute");
     assert_eq!((d.run.state, d.run.attempts), (RunState::Queued, 0));
     assert_eq!(
-        audit_actions(&store, "connection.broken").await.len(),
+        audit_actions(&*store, "connection.broken").await.len(),
         1,
         "no loop"
     );
@@ -334,7 +333,6 @@ async fn a_revoked_refresh_token_breaks_the_connection_and_pauses_its_flows() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agency_installs_mint_location_tokens_and_pick_up_new_locations() {
     let sb = sandbox(|_| {}).await;
     let info = sb.info();
@@ -415,7 +413,7 @@ async fn agency_installs_mint_location_tokens_and_pick_up_new_locations() {
         "{:?}",
         after.locations
     );
-    let picked = audit_actions(&store, "connection.locations").await;
+    let picked = audit_actions(&*store, "connection.locations").await;
     assert!(
         picked.iter().any(|e| e["details"]["added"]
             .as_array()
@@ -458,7 +456,6 @@ operation = "contacts.tags.add"
 params = { contactId = "{{ event.id }}", tags = ["vip"] }
 "#;
 
-#[tokio::test]
 async fn stored_connections_feed_validation_with_their_scopes() {
     let dir = temp_dir("sec-scopes");
     let master = MasterKey::generate().to_base64();
@@ -499,7 +496,7 @@ async fn stored_connections_feed_validation_with_their_scopes() {
         !shown.contains("hmac-value-123") && !shown.contains("dTpw"),
         "Debug redacts secrets: {shown}"
     );
-    let engine = Engine::open(cfg).await.expect("engine");
+    let engine = engine_at(cfg, Arc::new(hlbridge_engine::api::NoHighLevel)).await;
     let d = hlbridge_engine::validate::compile_source(
         "tagger.toml",
         NEEDS_WRITE,
@@ -790,7 +787,7 @@ async fn scenario() -> (std::path::PathBuf, Vec<(&'static str, String)>) {
     // (OAuth, refreshed first).
     conns.apply_to_config(&mut cfg).await.expect("apply");
     let api: Arc<dyn HighLevelApi> = Arc::new(conns.api(client(&info.base_url)));
-    let engine = Engine::open_with(cfg, api).await.expect("engine");
+    let engine = engine_at(cfg, api).await;
     let flow = hlbridge_engine::validate::compile_source(
         "sync.toml",
         SCENARIO,
@@ -845,7 +842,7 @@ async fn scenario() -> (std::path::PathBuf, Vec<(&'static str, String)>) {
     assert_ne!(new_refresh, first_refresh, "the token was refreshed");
     let listed = serde_json::to_string(&conns.list().await.expect("list")).expect("json");
     let audit = serde_json::to_string(
-        &hlbridge_engine::security::audit::list(&store, &AuditFilter::default())
+        &hlbridge_engine::security::audit::list(&*store, &AuditFilter::default())
             .await
             .expect("audit"),
     )
@@ -886,13 +883,11 @@ async fn scenario() -> (std::path::PathBuf, Vec<(&'static str, String)>) {
     (dir, secrets)
 }
 
-#[tokio::test]
 async fn users_and_tokens_share_one_store_with_connections() {
     // The permission table as the admin API sees it, and a principal from each credential.
     let dir = temp_dir("sec-users");
-    let sec = Security::open(&dir, SecurityConfig::default())
-        .await
-        .expect("open");
+    let store = open_at(&dir).await;
+    let sec = Security::new(store.security(), &dir, SecurityConfig::default());
     let cli = Actor::cli();
     sec.users()
         .add_user(
@@ -932,3 +927,11 @@ async fn users_and_tokens_share_one_store_with_connections() {
     assert_eq!(by_action.get("user.created"), Some(&1));
     let _ = std::fs::remove_dir_all(dir);
 }
+
+crate::on_both_backends!(
+    two_processes_refresh_exactly_once_and_the_old_refresh_token_dies,
+    a_revoked_refresh_token_breaks_the_connection_and_pauses_its_flows,
+    agency_installs_mint_location_tokens_and_pick_up_new_locations,
+    stored_connections_feed_validation_with_their_scopes,
+    users_and_tokens_share_one_store_with_connections,
+);

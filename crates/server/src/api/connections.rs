@@ -51,5 +51,7 @@ async fn refresh(
     who: Require<perm::EditConnections>,
     Path(name): Path<String>,
 ) -> ApiResult<ConnectionInfo> {
-    Ok(Json(state.connections().refresh(&name, who.principal()).await?))
+    Ok(Json(
+        state.connections().refresh(&name, who.principal()).await?,
+    ))
 }

@@ -8,8 +8,8 @@ use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use hlbridge_engine::flow::{Flow, Trigger};
-use hlbridge_engine::validate::compile_source;
 use hlbridge_engine::security::AuditAction;
+use hlbridge_engine::validate::compile_source;
 use hlbridge_engine::{Diagnostic, Engine};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -273,7 +273,10 @@ pub(crate) async fn set_enabled(
     id: &str,
     enabled: bool,
 ) -> Result<FlowDetail, ApiError> {
-    state.flows().set_enabled(state.engine(), id, enabled).await?;
+    state
+        .flows()
+        .set_enabled(state.engine(), id, enabled)
+        .await?;
     audit(
         state,
         who,
@@ -329,11 +332,8 @@ async fn validate(
     Json(input): Json<FlowInput>,
 ) -> ApiResult<Validation> {
     let toml = input_toml(&input)?;
-    let diagnostics = match compile_source(
-        "flow.toml",
-        &toml,
-        &state.engine().validation_context(),
-    ) {
+    let diagnostics = match compile_source("flow.toml", &toml, &state.engine().validation_context())
+    {
         Ok(_) => Vec::new(),
         Err(d) => d,
     };
@@ -364,7 +364,10 @@ pub(crate) fn export_response(state: &ServerState, id: &str) -> Result<Response,
     let disposition = format!("attachment; filename=\"{id}.toml\"");
     Ok((
         [
-            (header::CONTENT_TYPE, "application/toml; charset=utf-8".to_owned()),
+            (
+                header::CONTENT_TYPE,
+                "application/toml; charset=utf-8".to_owned(),
+            ),
             (header::CONTENT_DISPOSITION, disposition),
         ],
         source.toml,
@@ -375,7 +378,10 @@ pub(crate) fn export_response(state: &ServerState, id: &str) -> Result<Response,
 /// The behaviour test of a loaded flow: `tests/<name>.test.toml` beside its file, else the
 /// template's of the same id.
 pub(crate) fn behaviour_test(state: &ServerState, id: &str) -> Option<String> {
-    let file = state.flows().source(state.engine(), id).and_then(|s| s.file);
+    let file = state
+        .flows()
+        .source(state.engine(), id)
+        .and_then(|s| s.file);
     if let Some(file) = file {
         let p = std::path::Path::new(&file);
         if let (Some(dir), Some(stem)) = (p.parent(), p.file_stem()) {

@@ -46,7 +46,11 @@ pub struct ApiError {
 
 impl ApiError {
     /// An error.
-    pub fn new(status: StatusCode, code: &'static str, message: impl std::fmt::Display) -> ApiError {
+    pub fn new(
+        status: StatusCode,
+        code: &'static str,
+        message: impl std::fmt::Display,
+    ) -> ApiError {
         ApiError {
             status: status.as_u16(),
             code,
@@ -222,10 +226,8 @@ pub fn routes() -> (axum::Router<ServerState>, utoipa::openapi::OpenApi) {
         .split_for_parts();
     let mut sec = utoipa::openapi::security::SecurityRequirement::default();
     sec = sec.add::<&str, [&str; 0], &str>("bearer", []);
-    let cookie = utoipa::openapi::security::SecurityRequirement::new::<&str, [&str; 0], &str>(
-        "session",
-        [],
-    );
+    let cookie =
+        utoipa::openapi::security::SecurityRequirement::new::<&str, [&str; 0], &str>("session", []);
     doc.security = Some(vec![sec, cookie]);
     let json = doc.to_json().unwrap_or_else(|_| "{}".to_owned());
     let router = router.route(

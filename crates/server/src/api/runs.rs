@@ -186,7 +186,10 @@ pub(crate) fn routes() -> OpenApiRouter<ServerState> {
 }
 
 /// Runs matching the filters, newest first.
-pub(crate) async fn query_runs(state: &ServerState, q: &RunQuery) -> Result<Vec<RunSummary>, ApiError> {
+pub(crate) async fn query_runs(
+    state: &ServerState,
+    q: &RunQuery,
+) -> Result<Vec<RunSummary>, ApiError> {
     let run_state = q
         .state
         .as_deref()
@@ -236,7 +239,11 @@ async fn list(
     Query(q): Query<RunQuery>,
 ) -> ApiResult<Vec<RunItem>> {
     Ok(Json(
-        query_runs(&state, &q).await?.iter().map(RunItem::from).collect(),
+        query_runs(&state, &q)
+            .await?
+            .iter()
+            .map(RunItem::from)
+            .collect(),
     ))
 }
 

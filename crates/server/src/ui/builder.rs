@@ -98,10 +98,11 @@ fn typed(text: &str) -> Value {
     }
 }
 
-/// A value as the form shows it (the inverse of [`typed`]).
+/// A value as the form shows it (the inverse of [`typed`]); text with line breaks is
+/// written as a quoted JSON string (`"a\nb"`), since a one-line field cannot hold them.
 fn untyped(v: &Value) -> String {
     match v {
-        Value::String(s) if typed(s) == *v => s.clone(),
+        Value::String(s) if typed(s) == *v && !s.contains(['\n', '\r']) => s.clone(),
         other => other.to_string(),
     }
 }
@@ -116,13 +117,22 @@ fn parse_steps(f: &FormData, prefix: &str) -> Vec<Value> {
     let mut out = Vec::new();
     for i in f.indices(prefix) {
         let p = format!("{prefix}{i}.");
-        let kind = f.text(&format!("{p}type")).unwrap_or_else(|| "highlevel".into());
+        let kind = f
+            .text(&format!("{p}type"))
+            .unwrap_or_else(|| "highlevel".into());
         let mut o = Map::new();
-        o.insert("id".into(), json!(f.text(&format!("{p}id")).unwrap_or_default()));
+        o.insert(
+            "id".into(),
+            json!(f.text(&format!("{p}id")).unwrap_or_default()),
+        );
         o.insert("type".into(), json!(kind));
         match kind.as_str() {
             "highlevel" => {
-                put(&mut o, "operation", f.text(&format!("{p}operation")).or(Some(String::new())));
+                put(
+                    &mut o,
+                    "operation",
+                    f.text(&format!("{p}operation")).or(Some(String::new())),
+                );
                 let mut params = Map::new();
                 for j in f.indices(&format!("{p}p.")) {
                     let Some(k) = f.text(&format!("{p}p.{j}.k")) else {
@@ -138,7 +148,11 @@ fn parse_steps(f: &FormData, prefix: &str) -> Vec<Value> {
             }
             "http" => {
                 put(&mut o, "method", f.text(&format!("{p}method")));
-                put(&mut o, "url", f.text(&format!("{p}url")).or(Some(String::new())));
+                put(
+                    &mut o,
+                    "url",
+                    f.text(&format!("{p}url")).or(Some(String::new())),
+                );
                 put(&mut o, "connection", f.text(&format!("{p}connection")));
                 if let Some(h) = f.text(&format!("{p}headers")) {
                     o.insert("headers".into(), typed(&h));
@@ -155,10 +169,18 @@ fn parse_steps(f: &FormData, prefix: &str) -> Vec<Value> {
                 }
             }
             "filter" => {
-                put(&mut o, "condition", f.text(&format!("{p}condition")).or(Some(String::new())));
+                put(
+                    &mut o,
+                    "condition",
+                    f.text(&format!("{p}condition")).or(Some(String::new())),
+                );
             }
             "for_each" => {
-                put(&mut o, "items", f.text(&format!("{p}items")).or(Some(String::new())));
+                put(
+                    &mut o,
+                    "items",
+                    f.text(&format!("{p}items")).or(Some(String::new())),
+                );
                 o.insert(
                     "steps".into(),
                     Value::Array(parse_steps(f, &format!("{p}s."))),
@@ -194,7 +216,12 @@ fn parse_form(f: &FormData) -> Builder {
         "highlevel_webhook" => {
             let mut events: Vec<String> = f.many.get("t.events").cloned().unwrap_or_default();
             if let Some(extra) = f.text("t.events_other") {
-                events.extend(extra.split(',').map(|e| e.trim().to_owned()).filter(|e| !e.is_empty()));
+                events.extend(
+                    extra
+                        .split(',')
+                        .map(|e| e.trim().to_owned())
+                        .filter(|e| !e.is_empty()),
+                );
             }
             t.insert("events".into(), json!(events));
             if let Some(b) = f.text("t.backfill") {
@@ -202,7 +229,11 @@ fn parse_form(f: &FormData) -> Builder {
             }
         }
         "highlevel_poll" => {
-            put(&mut t, "operation", f.text("t.operation").or(Some(String::new())));
+            put(
+                &mut t,
+                "operation",
+                f.text("t.operation").or(Some(String::new())),
+            );
             if let Some(p) = f.text("t.params") {
                 t.insert("params".into(), typed(&p));
             }
@@ -280,7 +311,10 @@ fn all_step_ids(steps: &[Value], out: &mut Vec<String>) {
 
 fn new_step(flow: &Value, kind: &str) -> Value {
     let mut ids = Vec::new();
-    all_step_ids(flow["steps"].as_array().map_or(&[][..], Vec::as_slice), &mut ids);
+    all_step_ids(
+        flow["steps"].as_array().map_or(&[][..], Vec::as_slice),
+        &mut ids,
+    );
     let base = match kind {
         "highlevel" => "call",
         "http" => "send",
@@ -290,12 +324,20 @@ fn new_step(flow: &Value, kind: &str) -> Value {
         _ => "step",
     };
     let id = (1..)
-        .map(|n| if n == 1 { base.to_owned() } else { format!("{base}{n}") })
+        .map(|n| {
+            if n == 1 {
+                base.to_owned()
+            } else {
+                format!("{base}{n}")
+            }
+        })
         .find(|c| !ids.contains(c))
         .unwrap_or_else(|| base.to_owned());
     match kind {
         "highlevel" => json!({ "id": id, "type": "highlevel", "operation": "" }),
-        "http" => json!({ "id": id, "type": "http", "method": "POST", "url": "", "body": { "email": "{{ event.email }}" } }),
+        "http" => {
+            json!({ "id": id, "type": "http", "method": "POST", "url": "", "body": { "email": "{{ event.email }}" } })
+        }
         "find_contact" => json!({ "id": id, "type": "find_contact", "email": "{{ event.email }}" }),
         "filter" => json!({ "id": id, "type": "filter", "condition": "" }),
         "for_each" => json!({ "id": id, "type": "for_each", "items": "", "steps": [] }),
@@ -322,7 +364,11 @@ fn apply(b: &mut Builder, op: &str) -> Option<Flash> {
         "up" | "down" => {
             let (list, i) = split_step(arg)?;
             let steps = steps_at(&mut b.flow, &list)?;
-            let j = if verb == "up" { i.checked_sub(1)? } else { i + 1 };
+            let j = if verb == "up" {
+                i.checked_sub(1)?
+            } else {
+                i + 1
+            };
             (j < steps.len() && i < steps.len()).then(|| steps.swap(i, j));
             None
         }
@@ -353,7 +399,11 @@ fn apply(b: &mut Builder, op: &str) -> Option<Flash> {
             step.insert("operation".into(), json!(op.id));
             let params = step.entry("params").or_insert_with(|| json!({}));
             let obj = params.as_object_mut()?;
-            for p in op.params.iter().filter(|p| p.required && p.name != "locationId") {
+            for p in op
+                .params
+                .iter()
+                .filter(|p| p.required && p.name != "locationId")
+            {
                 obj.entry(p.name).or_insert_with(|| json!(""));
             }
             Some(Flash::Info(format!(
@@ -423,7 +473,10 @@ fn field_suggestions(ctx: &Ctx<'_>, flow: &Value) -> Vec<(String, String)> {
         .map(|(p, v)| (format!("{{{{ {p} }}}}"), v))
         .collect();
     let mut steps = Vec::new();
-    collect_steps(flow["steps"].as_array().map_or(&[][..], Vec::as_slice), &mut steps);
+    collect_steps(
+        flow["steps"].as_array().map_or(&[][..], Vec::as_slice),
+        &mut steps,
+    );
     for s in steps {
         let id = s["id"].as_str().unwrap_or_default();
         if id.is_empty() {
@@ -432,7 +485,10 @@ fn field_suggestions(ctx: &Ctx<'_>, flow: &Value) -> Vec<(String, String)> {
         match s["type"].as_str() {
             Some("find_contact") => {
                 for f in ["id", "email", "firstName", "lastName", "phone", "tags"] {
-                    out.push((format!("{{{{ steps.{id}.{f} }}}}"), format!("the contact's {f}")));
+                    out.push((
+                        format!("{{{{ steps.{id}.{f} }}}}"),
+                        format!("the contact's {f}"),
+                    ));
                 }
             }
             Some("http") => {
@@ -443,11 +499,17 @@ fn field_suggestions(ctx: &Ctx<'_>, flow: &Value) -> Vec<(String, String)> {
                 out.push(("{{ item }}".into(), format!("the element of {id}")));
                 out.push(("{{ index }}".into(), "its position".into()));
             }
-            _ => out.push((format!("{{{{ steps.{id} }}}}"), "the step's response".into())),
+            _ => out.push((
+                format!("{{{{ steps.{id} }}}}"),
+                "the step's response".into(),
+            )),
         }
     }
     out.push(("{{ flow.id }}".into(), "this flow's id".into()));
-    out.push(("{{ trigger.received_at }}".into(), "when the event came".into()));
+    out.push((
+        "{{ trigger.received_at }}".into(),
+        "when the event came".into(),
+    ));
     out
 }
 
@@ -463,7 +525,11 @@ fn collect_steps<'a>(steps: &'a [Value], out: &mut Vec<&'a Value>) {
 fn catalog_list(q: &str, category: &str, kind: &str, target: &str) -> Markup {
     let ops = crate::catalog::search(Some(q), Some(category), Some(kind));
     let shown: Vec<_> = ops.iter().take(60).collect();
-    let verb = if target == "trigger" { "picktrigger:" } else { "pick:" };
+    let verb = if target == "trigger" {
+        "picktrigger:"
+    } else {
+        "pick:"
+    };
     html! {
         p.small.muted role="status" { (ops.len()) " operation(s)" @if ops.len() > shown.len() { ", first " (shown.len()) " shown: narrow the search" } }
         ul.oplist {
@@ -507,12 +573,22 @@ fn catalog_browser(target: &str, kind: &str) -> Markup {
     }
 }
 
-fn input_text(name: &str, label: &str, value: &str, hint: Option<&str>, list: Option<&str>) -> Markup {
+fn input_text(
+    name: &str,
+    label: &str,
+    value: &str,
+    hint: Option<&str>,
+    list: Option<&str>,
+) -> Markup {
     let id = name.replace('.', "-");
     html! {
         div {
             label for=(id) { (label) }
-            input id=(id) type="text" name=(name) value=(value) list=[list] aria-describedby=[hint.map(|_| format!("{id}-hint"))];
+            @if value.contains('\n') {
+                textarea id=(id) name=(name) rows="3" aria-describedby=[hint.map(|_| format!("{id}-hint"))] { (value) }
+            } @else {
+                input id=(id) type="text" name=(name) value=(value) list=[list] aria-describedby=[hint.map(|_| format!("{id}-hint"))];
+            }
             @if let Some(h) = hint { p.hint id=(format!("{id}-hint")) { (h) } }
         }
     }
@@ -523,10 +599,17 @@ fn render_trigger(ctx: &Ctx<'_>, t: &Value, flow_id: &str) -> Markup {
     let s = |k: &str| t[k].as_str().unwrap_or_default().to_owned();
     let events: Vec<String> = t["events"]
         .as_array()
-        .map(|a| a.iter().filter_map(|e| e.as_str().map(str::to_owned)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|e| e.as_str().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default();
     let known: Vec<&str> = webhook_events().iter().map(|(k, _)| *k).collect();
-    let other: Vec<&String> = events.iter().filter(|e| !known.contains(&e.as_str())).collect();
+    let other: Vec<&String> = events
+        .iter()
+        .filter(|e| !known.contains(&e.as_str()))
+        .collect();
     html! {
         fieldset.panel {
             legend { h2 style="margin:0" { "1. Trigger" } }
@@ -722,6 +805,9 @@ fn render_step(ctx: &Ctx<'_>, s: &Value, p: &str, i: usize, n: usize, nested: bo
                             select id=(dom("connection")) name=(f("connection")) {
                                 option value="" { "(the flow's)" }
                                 @for c in &ctx.connections { option value=(c) selected[get("connection") == *c] { (c) } }
+                                @if !get("connection").is_empty() && !ctx.connections.contains(&get("connection")) {
+                                    option value=(get("connection")) selected { (get("connection")) " (not configured on this server)" }
+                                }
                             }
                         }
                     }
@@ -739,6 +825,9 @@ fn render_step(ctx: &Ctx<'_>, s: &Value, p: &str, i: usize, n: usize, nested: bo
                             select id=(dom("connection")) name=(f("connection")) {
                                 option value="" { "(none: an absolute URL)" }
                                 @for c in &ctx.app_connections { option value=(c) selected[get("connection") == *c] { (c) } }
+                                @if !get("connection").is_empty() && !ctx.app_connections.contains(&get("connection")) {
+                                    option value=(get("connection")) selected { (get("connection")) " (not configured on this server)" }
+                                }
                             }
                         }
                         (input_text(&f("url"), "URL or path", &get("url"), Some("A path is joined to the app connection's base URL."), Some("fields")))
@@ -855,7 +944,7 @@ fn render_builder(
                         }
                     }
                 }
-                div {
+                div.side {
                     section.panel aria-labelledby="check-h" {
                         h2 #check-h { "Check" }
                         @if diags.is_empty() {
@@ -947,10 +1036,21 @@ async fn context<'a>(state: &ServerState, who: &'a Principal, sample: &str) -> C
     if !connections.iter().any(|c| c == "default") {
         connections.insert(0, "default".into());
     }
-    let mut app_connections: Vec<String> =
-        state.engine().config().app_connections.keys().cloned().collect();
+    let mut app_connections: Vec<String> = state
+        .engine()
+        .config()
+        .app_connections
+        .keys()
+        .cloned()
+        .collect();
     app_connections.sort();
-    let mut secrets: Vec<String> = state.engine().config().app_secrets.keys().cloned().collect();
+    let mut secrets: Vec<String> = state
+        .engine()
+        .config()
+        .app_secrets
+        .keys()
+        .cloned()
+        .collect();
     secrets.sort();
     Ctx {
         who,
@@ -1028,7 +1128,9 @@ pub(crate) async fn new_flow(
                 "trigger": { "type": "app_webhook", "secret": state.engine().config().app_secrets.keys().next().cloned().unwrap_or_else(|| "my-app".into()), "dedupe_key": "{{ event.id }}" },
                 "steps": [],
             }),
-            sample: pretty(&json!({ "id": "evt_1", "type": "contact.updated", "email": "ada@example.com", "tag": "vip" })),
+            sample: pretty(
+                &json!({ "id": "evt_1", "type": "contact.updated", "email": "ada@example.com", "tag": "vip" }),
+            ),
             orig: None,
         },
     };
@@ -1163,7 +1265,10 @@ pub(crate) async fn save(
 fn sample_steps(flow: &Value) -> Value {
     let mut out = Map::new();
     let mut all = Vec::new();
-    collect_steps(flow["steps"].as_array().map_or(&[][..], Vec::as_slice), &mut all);
+    collect_steps(
+        flow["steps"].as_array().map_or(&[][..], Vec::as_slice),
+        &mut all,
+    );
     let contact = webhook_sample("ContactCreate").unwrap_or_else(|| json!({}));
     for s in all {
         let Some(id) = s["id"].as_str() else { continue };
@@ -1352,7 +1457,10 @@ pub(crate) struct CatalogQuery {
 }
 
 /// `GET /builder/catalog` (htmx): catalog search results with "Use" buttons.
-pub(crate) async fn catalog(_who: Require<perm::EditFlows>, Query(q): Query<CatalogQuery>) -> Response {
+pub(crate) async fn catalog(
+    _who: Require<perm::EditFlows>,
+    Query(q): Query<CatalogQuery>,
+) -> Response {
     fragment(catalog_list(
         q.cq.as_deref().unwrap_or_default(),
         q.ccat.as_deref().unwrap_or_default(),
@@ -1400,10 +1508,14 @@ mod tests {
         ]);
         let b = parse_form(&f);
         let text = to_toml(&b.flow).expect("toml");
-        let flow: hlbridge_engine::Flow = toml::from_str(&text).unwrap_or_else(|e| panic!("{text}\n{e}"));
+        let flow: hlbridge_engine::Flow =
+            toml::from_str(&text).unwrap_or_else(|e| panic!("{text}\n{e}"));
         assert_eq!(flow.steps.len(), 2);
         let again = serde_json::to_value(&flow).expect("json");
-        assert_eq!(again["steps"][1]["steps"][0]["params"]["tags"], json!(["{{ item }}"]));
+        assert_eq!(
+            again["steps"][1]["steps"][0]["params"]["tags"],
+            json!(["{{ item }}"])
+        );
         compile_source("t.toml", &text, &Default::default()).unwrap_or_else(|d| panic!("{d:?}"));
     }
 
@@ -1418,7 +1530,10 @@ mod tests {
         apply(&mut b, "add:s.0.:highlevel");
         assert_eq!(b.flow["steps"][0]["steps"][0]["type"], "highlevel");
         apply(&mut b, "pick:s.0.s.0.:contacts.tags.add");
-        assert_eq!(b.flow["steps"][0]["steps"][0]["operation"], "contacts.tags.add");
+        assert_eq!(
+            b.flow["steps"][0]["steps"][0]["operation"],
+            "contacts.tags.add"
+        );
         assert!(b.flow["steps"][0]["steps"][0]["params"]["contactId"].is_string());
         apply(&mut b, "add::filter");
         apply(&mut b, "up:s.1.");
@@ -1429,6 +1544,8 @@ mod tests {
         assert_eq!(typed("\"5551234\""), json!("5551234"));
         assert_eq!(untyped(&json!("5551234")), "\"5551234\"");
         assert_eq!(untyped(&json!("{{ item }}")), "{{ item }}");
+        assert_eq!(untyped(&json!("a\nb")), "\"a\\nb\"");
+        assert_eq!(typed(&untyped(&json!("a\nb"))), json!("a\nb"));
         assert_eq!(typed("{{ event.x }}"), json!("{{ event.x }}"));
     }
 }

@@ -51,7 +51,10 @@ pub fn routes() -> Router<ServerState> {
         .route("/dead-letters", get(pages::dead_letters))
         .route("/dead-letters/replay", post(pages::replay_dead))
         .route("/connections", get(pages::connections).post(pages::connect))
-        .route("/connections/{name}/refresh", post(pages::refresh_connection))
+        .route(
+            "/connections/{name}/refresh",
+            post(pages::refresh_connection),
+        )
         .route("/audit", get(pages::audit))
         .route("/users", get(pages::users).post(pages::add_user))
         .route("/users/{name}", post(pages::change_user))

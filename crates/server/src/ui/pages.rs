@@ -11,8 +11,7 @@ use maud::{Markup, html};
 use serde::Deserialize;
 
 use super::{
-    Flash, csrf, flash, health_badge, json_block, page, respond, see_other, short_time,
-    state_badge,
+    Flash, csrf, flash, health_badge, json_block, page, respond, see_other, short_time, state_badge,
 };
 use crate::ServerState;
 use crate::access::AuditFilter;
@@ -202,7 +201,11 @@ pub(crate) async fn setup(
         Ok(s) => with_cookie(see_other("/"), &s),
         Err(e) => (
             StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST),
-            respond(login_page("/", Some(loopback.0), Some(Flash::Bad(e.message)))),
+            respond(login_page(
+                "/",
+                Some(loopback.0),
+                Some(Flash::Bad(e.message)),
+            )),
         )
             .into_response(),
     }
@@ -238,12 +241,12 @@ pub(crate) async fn dashboard(
     let states: Vec<&str> = RunState::ALL.iter().map(|s| s.as_str()).collect();
     let body = html! {
         h1 { "Dashboard" }
-        div.grid {
+        div.tiles {
             @for s in &states {
                 div.panel {
                     div.muted.small { (s) }
-                    div style="font-size:1.6rem;font-weight:700" { (d.totals.get(*s).copied().unwrap_or(0)) }
-                    a.small href=(format!("/runs?state={s}")) { "See " (s) " runs" }
+                    div.n { (d.totals.get(*s).copied().unwrap_or(0)) }
+                    a.small href=(format!("/runs?state={s}")) aria-label=(format!("See the {s} runs")) { "See runs" }
                 }
             }
         }
@@ -292,14 +295,14 @@ pub(crate) async fn dashboard(
             div {
                 h2 { "Rate-limit budget" }
                 @if d.budgets.is_empty() {
-                    div.panel { p.muted { "No HighLevel call yet: each location's remaining budget shows here once it has been called." } }
+                    div.panel { p.muted { "No budget known yet: each location's remaining rate-limit budget shows here once this server's HighLevel client has called it." } }
                 } @else {
                     table {
                         thead { tr { th scope="col" { "Location" } th.num scope="col" { "Burst left" } th.num scope="col" { "Today left" } th scope="col" { "From" } } }
                         tbody {
                             @for b in &d.budgets {
                                 tr {
-                                    td.mono { (b.location) }
+                                    td { @if b.location == "global" { span.muted { "calls naming no location" } } @else { span.mono { (b.location) } } }
                                     td.num { (b.burst_remaining) " / " (b.burst) }
                                     td.num { (b.daily_remaining) " / " (b.daily_limit) }
                                     td.small.muted { (if b.source == "client" { "pacing estimate" } else { "last headers" }) }
@@ -340,7 +343,10 @@ pub(crate) fn runs_table(runs: &[RunItem]) -> Markup {
     }
 }
 
-fn connections_table(conns: &[crate::connections::ConnectionInfo], who: Option<&Principal>) -> Markup {
+fn connections_table(
+    conns: &[crate::connections::ConnectionInfo],
+    who: Option<&Principal>,
+) -> Markup {
     html! {
         @if conns.is_empty() {
             div.panel { p.muted { "No connections configured." } }
@@ -432,7 +438,12 @@ pub(crate) async fn flow(
     flow_page(&state, who.principal(), &id, done.flash()).await
 }
 
-async fn flow_page(state: &ServerState, p: &Principal, id: &str, message: Option<Flash>) -> Response {
+async fn flow_page(
+    state: &ServerState,
+    p: &Principal,
+    id: &str,
+    message: Option<Flash>,
+) -> Response {
     let d = match crate::api::flows::detail(state, id).await {
         Ok(d) => d,
         Err(e) => return super::error_page(StatusCode::NOT_FOUND, &e.message),
@@ -590,13 +601,23 @@ pub(crate) async fn runs(
         Ok(r) => (r.iter().map(RunItem::from).collect::<Vec<_>>(), None),
         Err(e) => (Vec::new(), Some(Flash::Bad(e.message))),
     };
-    let flows: Vec<String> = state.engine().flows().iter().map(|f| f.id().to_owned()).collect();
+    let flows: Vec<String> = state
+        .engine()
+        .flows()
+        .iter()
+        .map(|f| f.id().to_owned())
+        .collect();
     let cur_flow = q.flow.clone().unwrap_or_default();
     let cur_state = q.state.clone().unwrap_or_default();
     let since_value = q
         .since
         .as_deref()
-        .map(|s| s.trim_end_matches('Z').get(..16).unwrap_or_default().to_owned())
+        .map(|s| {
+            s.trim_end_matches('Z')
+                .get(..16)
+                .unwrap_or_default()
+                .to_owned()
+        })
         .unwrap_or_default();
     let body = html! {
         h1 { "Runs" }
@@ -638,7 +659,12 @@ pub(crate) async fn run(
     run_page(&state, who.principal(), &id, done.flash()).await
 }
 
-async fn run_page(state: &ServerState, p: &Principal, id: &str, message: Option<Flash>) -> Response {
+async fn run_page(
+    state: &ServerState,
+    p: &Principal,
+    id: &str,
+    message: Option<Flash>,
+) -> Response {
     let d = match crate::api::runs::run_detail(state, id).await {
         Ok(d) => d,
         Err(e) => return super::error_page(StatusCode::NOT_FOUND, &e.message),
@@ -725,10 +751,21 @@ pub(crate) async fn dead_letters(
     who: Require<perm::Read>,
     Query(q): Query<DeadQuery>,
 ) -> Response {
-    dead_page(&state, who.principal(), q.flow.clone(), Done { ok: q.ok }.flash()).await
+    dead_page(
+        &state,
+        who.principal(),
+        q.flow.clone(),
+        Done { ok: q.ok }.flash(),
+    )
+    .await
 }
 
-async fn dead_page(state: &ServerState, p: &Principal, flow: Option<String>, message: Option<Flash>) -> Response {
+async fn dead_page(
+    state: &ServerState,
+    p: &Principal,
+    flow: Option<String>,
+    message: Option<Flash>,
+) -> Response {
     let flow = flow.filter(|f| !f.is_empty());
     let runs = crate::api::runs::query_runs(
         state,
@@ -906,7 +943,10 @@ pub(crate) async fn audit(
     let p = who.principal();
     filter.actor = filter.actor.filter(|a| !a.is_empty());
     filter.action = filter.action.filter(|a| !a.is_empty());
-    filter.since = filter.since.filter(|a| !a.is_empty()).map(|s| since_to_rfc3339(&s));
+    filter.since = filter
+        .since
+        .filter(|a| !a.is_empty())
+        .map(|s| since_to_rfc3339(&s));
     let (entries, problem) = match state.access().audit(&filter).await {
         Ok(e) => (e, None),
         Err(e) => (Vec::new(), Some(Flash::Bad(e.to_string()))),
@@ -914,7 +954,12 @@ pub(crate) async fn audit(
     let since_value = filter
         .since
         .as_deref()
-        .map(|s| s.trim_end_matches('Z').get(..16).unwrap_or_default().to_owned())
+        .map(|s| {
+            s.trim_end_matches('Z')
+                .get(..16)
+                .unwrap_or_default()
+                .to_owned()
+        })
         .unwrap_or_default();
     let body = html! {
         h1 { "Audit log" }
@@ -933,7 +978,7 @@ pub(crate) async fn audit(
                     @for e in &entries {
                         tr {
                             td.small { (short_time(&e.at)) }
-                            td { (e.actor) }
+                            td { (e.actor) @if e.actor_kind != "user" { br; span.small.muted { (e.actor_kind) } } }
                             td.mono.small { (e.action) }
                             td.mono.small { (e.target) }
                             td.small { (e.source) }
@@ -971,7 +1016,11 @@ pub(crate) async fn users(
 async fn users_page(state: &ServerState, p: &Principal, message: Option<Flash>) -> Response {
     let users = state.access().users().await.unwrap_or_default();
     // An admin may not make owners.
-    let max = if p.role == Role::Owner { Role::Owner } else { Role::Admin };
+    let max = if p.role == Role::Owner {
+        Role::Owner
+    } else {
+        Role::Admin
+    };
     let body = html! {
         @if let Some(f) = &message { (flash(f)) }
         h1 { "Users" }
@@ -984,11 +1033,11 @@ async fn users_page(state: &ServerState, p: &Principal, message: Option<Flash>) 
                         td { strong { (u.name) } }
                         td {
                             @if u.role == Role::Owner && p.role != Role::Owner { (u.role) } @else {
-                                form.row method="post" action=(format!("/users/{}", u.name)) {
+                                form.inline-form method="post" action=(format!("/users/{}", u.name)) {
                                     (csrf(p))
-                                    label.inline for=(format!("role-{}", u.name)) { span.muted.small { "Role" } }
-                                    select id=(format!("role-{}", u.name)) name="role" style="max-width:10rem" { (role_options(u.role, max)) }
-                                    button.small.secondary.narrow type="submit" aria-label=(format!("Save the role of {}", u.name)) { "Save" }
+                                    label.sr-only for=(format!("role-{}", u.name)) { "Role of " (u.name) }
+                                    select id=(format!("role-{}", u.name)) name="role" { (role_options(u.role, max)) }
+                                    button.small.secondary type="submit" aria-label=(format!("Save the role of {}", u.name)) { "Save" }
                                 }
                             }
                         }
@@ -1147,7 +1196,10 @@ pub(crate) async fn create_token(
     let p = who.principal();
     match crate::api::admin::new_token(&state, p, &f).await {
         Ok(c) => tokens_page(&state, p, None, Some((c.token.name, c.secret))).await,
-        Err(e) => with_status(&e, tokens_page(&state, p, Some(error_flash(&e)), None).await),
+        Err(e) => with_status(
+            &e,
+            tokens_page(&state, p, Some(error_flash(&e)), None).await,
+        ),
     }
 }
 
@@ -1159,6 +1211,9 @@ pub(crate) async fn revoke_token(
     let p = who.principal();
     match crate::api::admin::revoke(&state, p, &id).await {
         Ok(_) => see_other("/tokens?ok=revoked"),
-        Err(e) => with_status(&e, tokens_page(&state, p, Some(error_flash(&e)), None).await),
+        Err(e) => with_status(
+            &e,
+            tokens_page(&state, p, Some(error_flash(&e)), None).await,
+        ),
     }
 }

@@ -58,10 +58,9 @@ impl Admin {
                 )
                 .await;
             assert_eq!(status, 201, "token for {role}: {body}");
-            admin.tokens.insert(
-                role,
-                body["secret"].as_str().expect("secret").to_owned(),
-            );
+            admin
+                .tokens
+                .insert(role, body["secret"].as_str().expect("secret").to_owned());
         }
         admin
     }
@@ -80,7 +79,10 @@ impl Admin {
         let resp = req.send().await.expect("request");
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     /// A request with the API token of `role`.
@@ -102,7 +104,10 @@ impl Admin {
         let resp = req.send().await.expect("request");
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     /// A request as the owner (token).

@@ -37,6 +37,13 @@ pub struct Options {
     pub lookup_token: Option<String>,
     /// Request body limit.
     pub body_limit: usize,
+    /// Open the engine with its HighLevel API observed (`hlbridge_server::Telemetry`), so
+    /// the dashboard and `/metrics` know each location's budget.
+    pub observe: bool,
+    /// App connections of the engine (name → base URL).
+    pub app_connections: Vec<(String, String)>,
+    /// Where the admin API and the UI write flows.
+    pub flows_dir: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -50,6 +57,9 @@ impl Default for Options {
             lookup_ttl: Duration::from_secs(300),
             lookup_token: None,
             body_limit: 64 * 1024,
+            observe: false,
+            app_connections: Vec::new(),
+            flows_dir: None,
         }
     }
 }
@@ -80,10 +90,14 @@ pub fn test_signer() -> (WebhookSigner, String) {
 }
 
 fn api_for(info: &StartupInfo, retry_attempts: u32) -> Arc<dyn HighLevelApi> {
+    Arc::new(client_api_for(info, retry_attempts, false))
+}
+
+fn client_api_for(info: &StartupInfo, retry_attempts: u32, pace: bool) -> ClientApi {
     let client = Client::new(ClientConfig {
         base_url: Url::parse(&info.base_url).expect("url"),
         pacing: PacingConfig {
-            enabled: false,
+            enabled: pace,
             ..PacingConfig::default()
         },
         retry: RetryConfig {
@@ -102,7 +116,7 @@ fn api_for(info: &StartupInfo, retry_attempts: u32) -> Arc<dyn HighLevelApi> {
             location_id: Some(info.location_id.clone()),
         },
     );
-    Arc::new(ClientApi::new(client, conns))
+    ClientApi::new(client, conns)
 }
 
 pub fn op(id: &str) -> &'static hlbridge_highlevel::Operation {
@@ -119,7 +133,13 @@ impl Harness {
         let sandbox = Sandbox::start(sandbox_cfg).await.expect("sandbox");
         let info = sandbox.info();
         // No client-side retries for the engine: its durable retries are under test.
-        let api = api_for(&info, 1);
+        let telemetry = hlbridge_server::Telemetry::new();
+        let api = if opts.observe {
+            let c = client_api_for(&info, 1, true);
+            telemetry.api(Arc::new(c.clone()), Some(c))
+        } else {
+            api_for(&info, 1)
+        };
         let hl = api_for(&info, 5);
 
         let data = temp_dir(tag);
@@ -129,6 +149,15 @@ impl Harness {
         cfg.workers = 2;
         cfg.worker_name = format!("it-{tag}");
         cfg.highlevel_webhook_keys = opts.webhook_keys.clone();
+        for (name, url) in &opts.app_connections {
+            cfg.app_connections.insert(
+                name.clone(),
+                hlbridge_engine::AppConnection {
+                    base_url: Some(url.clone()),
+                    headers: HashMap::new(),
+                },
+            );
+        }
         if opts.trust_sandbox {
             cfg.highlevel_webhook_keys
                 .push(info.webhook_public_keys.ed25519_raw.clone());
@@ -167,6 +196,8 @@ impl Harness {
                 highlevel: Some(api.clone()),
                 run_triggers: opts.run_triggers,
                 shutdown_grace: Duration::from_secs(5),
+                telemetry: opts.observe.then_some(telemetry),
+                flows_dir: opts.flows_dir.clone(),
                 ..ServeConfig::default()
             },
             CancellationToken::new(),

@@ -57,7 +57,8 @@ const RUN: &str = "0190b3f4-2f6e-7cc1-9b2a-0123456789ab";
 fn table() -> Vec<(Method, String, Body, Need)> {
     use Body::*;
     use Need::*;
-    let m = |method: Method, path: &str, body: Body, need: Need| (method, path.to_owned(), body, need);
+    let m =
+        |method: Method, path: &str, body: Body, need: Need| (method, path.to_owned(), body, need);
     vec![
         // The admin API.
         m(Method::POST, "/api/v1/flows", BadJson, EditFlows),
@@ -67,13 +68,43 @@ fn table() -> Vec<(Method, String, Body, Need)> {
         m(Method::POST, "/api/v1/flows/validate", BadJson, Any),
         m(Method::POST, "/api/v1/flows/test", BadJson, EditFlows),
         m(Method::POST, "/api/v1/flows/nope/test", BadJson, EditFlows),
-        m(Method::POST, "/api/v1/templates/tag-segmentation/instantiate", BadJson, EditFlows),
+        m(
+            Method::POST,
+            "/api/v1/templates/tag-segmentation/instantiate",
+            BadJson,
+            EditFlows,
+        ),
         m(Method::POST, "/api/v1/mappings/preview", BadJson, Any),
-        m(Method::POST, &format!("/api/v1/runs/{RUN}/replay"), None, OperateRuns),
-        m(Method::POST, &format!("/api/v1/dead-letters/{RUN}/replay"), None, OperateRuns),
-        m(Method::POST, "/api/v1/dead-letters/replay", BadJson, OperateRuns),
-        m(Method::POST, "/api/v1/connections", BadJson, EditConnections),
-        m(Method::POST, "/api/v1/connections/nope/refresh", None, EditConnections),
+        m(
+            Method::POST,
+            &format!("/api/v1/runs/{RUN}/replay"),
+            None,
+            OperateRuns,
+        ),
+        m(
+            Method::POST,
+            &format!("/api/v1/dead-letters/{RUN}/replay"),
+            None,
+            OperateRuns,
+        ),
+        m(
+            Method::POST,
+            "/api/v1/dead-letters/replay",
+            BadJson,
+            OperateRuns,
+        ),
+        m(
+            Method::POST,
+            "/api/v1/connections",
+            BadJson,
+            EditConnections,
+        ),
+        m(
+            Method::POST,
+            "/api/v1/connections/nope/refresh",
+            None,
+            EditConnections,
+        ),
         m(Method::POST, "/api/v1/users", BadJson, ManageUsers),
         m(Method::PATCH, "/api/v1/users/nobody", BadJson, ManageUsers),
         m(Method::DELETE, "/api/v1/users/nobody", None, ManageUsers),
@@ -86,10 +117,20 @@ fn table() -> Vec<(Method, String, Body, Need)> {
         m(Method::POST, "/builder/save", Form, EditFlows),
         m(Method::POST, "/builder/preview", Form, EditFlows),
         m(Method::POST, "/builder/test", Form, EditFlows),
-        m(Method::POST, &format!("/runs/{RUN}/replay"), Form, OperateRuns),
+        m(
+            Method::POST,
+            &format!("/runs/{RUN}/replay"),
+            Form,
+            OperateRuns,
+        ),
         m(Method::POST, "/dead-letters/replay", Form, OperateRuns),
         m(Method::POST, "/connections", Form, EditConnections),
-        m(Method::POST, "/connections/nope/refresh", Form, EditConnections),
+        m(
+            Method::POST,
+            "/connections/nope/refresh",
+            Form,
+            EditConnections,
+        ),
         m(Method::POST, "/users", Form, ManageUsers),
         m(Method::POST, "/users/nobody", Form, ManageUsers),
         m(Method::POST, "/users/nobody/delete", Form, ManageUsers),
@@ -120,11 +161,10 @@ async fn every_mutating_route_times_every_role() {
     let mut checked = 0;
     for (method, path, body, need) in table() {
         for role in Role::ALL {
-            let req = a
-                .h
-                .http
-                .request(method.clone(), a.h.url(&path))
-                .bearer_auth(&a.tokens[&role]);
+            let req =
+                a.h.http
+                    .request(method.clone(), a.h.url(&path))
+                    .bearer_auth(&a.tokens[&role]);
             let resp = with_body(req, body).send().await.expect("request");
             let status = resp.status().as_u16();
             let ok = if need.allows(role) {
@@ -146,17 +186,20 @@ async fn every_mutating_route_times_every_role() {
 
     // A cookie session without the CSRF token may change nothing, whatever its role.
     for (method, path, body, _) in table() {
-        let req = a
-            .h
-            .http
-            .request(method.clone(), a.h.url(&path))
-            .header("cookie", &a.cookie);
+        let req =
+            a.h.http
+                .request(method.clone(), a.h.url(&path))
+                .header("cookie", &a.cookie);
         let status = with_body(req, body).send().await.expect("request").status();
         assert_eq!(status, 403, "{method} {path} without a CSRF token");
     }
     // Nor can anyone without credentials.
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
     for (method, path, body, _) in table() {
-        let req = a.h.http.request(method.clone(), a.h.url(&path));
+        let req = no_redirects.request(method.clone(), a.h.url(&path));
         let resp = with_body(req, body).send().await.expect("request");
         let status = resp.status().as_u16();
         if path.starts_with("/api/") {
