@@ -23,6 +23,9 @@ pub struct SandboxArgs {
     /// SQLite file for the state, or `:memory:`.
     #[arg(long, default_value = ":memory:")]
     data: String,
+    /// Flush every write to disk before answering (survives power loss, slower writes).
+    #[arg(long)]
+    fsync: bool,
     /// Seed data set: `demo` creates a realistic location.
     #[arg(long, value_parser = ["demo"])]
     seed: Option<String>,
@@ -76,6 +79,7 @@ fn config(args: &SandboxArgs) -> Result<SandboxConfig> {
     Ok(SandboxConfig {
         bind: SocketAddr::new(args.host, args.port),
         data: (args.data != ":memory:").then(|| PathBuf::from(&args.data)),
+        fsync: args.fsync,
         seed_demo: args.seed.as_deref() == Some("demo"),
         rate_limit: RateLimitConfig {
             enabled: !args.no_rate_limit,

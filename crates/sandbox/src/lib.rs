@@ -64,6 +64,9 @@ pub struct SandboxConfig {
     pub bind: SocketAddr,
     /// SQLite file for the state; `None` keeps everything in memory.
     pub data: Option<PathBuf>,
+    /// Flush every commit to disk before answering (survives power loss; slower). Without it
+    /// an answered write survives the sandbox being killed, not the machine losing power.
+    pub fsync: bool,
     /// Create the demo location (contacts, tasks, notes, calendars, pipeline, …) when empty.
     pub seed_demo: bool,
     /// Rate limits.
@@ -95,6 +98,7 @@ impl Default for SandboxConfig {
         Self {
             bind: SocketAddr::from(([127, 0, 0, 1], 8089)),
             data: None,
+            fsync: false,
             seed_demo: false,
             rate_limit: RateLimitConfig::default(),
             token: None,
@@ -231,7 +235,7 @@ impl Sandbox {
     /// Starts a sandbox and returns once it accepts connections.
     pub async fn start(config: SandboxConfig) -> Result<Sandbox, SandboxError> {
         let (docs, persister) = match &config.data {
-            Some(path) => store::open(path).await?,
+            Some(path) => store::open(path, config.fsync).await?,
             None => (Docs::default(), Persister::none()),
         };
         let listener = tokio::net::TcpListener::bind(config.bind)

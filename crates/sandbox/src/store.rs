@@ -2,9 +2,12 @@
 //! reads and written through to SQLite so a sandbox started with `--data FILE` survives restarts.
 //!
 //! Writes are queued to one writer task that commits them in batches (group commit): a request
-//! that changed something is answered only after its batch is durable.
+//! that changed something is answered only after its batch is committed, so killing the sandbox
+//! loses nothing it answered. By default commits are handed to the operating system without
+//! `fsync` (the sandbox is a test double: a power loss may cost its file, a crash may not);
+//! `fsync` turns flushing on for those who keep state there they cannot re-seed.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -73,11 +76,61 @@ pub enum Write {
 /// Fields looked up by value on hot paths (duplicate detection on every contact write).
 const INDEXED: &[(&str, &str)] = &[("contact", "emailLowerCase"), ("contact", "phone")];
 
+/// The documents of one kind, in insertion order.
+///
+/// Two B-trees rather than a hash map: a hash map that grows doubles all at once, and with a
+/// few hundred thousand contacts that rehash held the write lock for tens of milliseconds — the
+/// whole tail of the sandbox's POST latency. B-trees grow one node at a time, and removing a
+/// document does not shift every later one.
+#[derive(Debug, Default)]
+struct Table {
+    /// Id → insertion sequence number.
+    seq_of: BTreeMap<String, u64>,
+    /// Insertion sequence number → (id, document): iteration order is insertion order.
+    rows: BTreeMap<u64, (String, Doc)>,
+    next: u64,
+}
+
+impl Table {
+    fn get(&self, id: &str) -> Option<&Doc> {
+        let seq = self.seq_of.get(id)?;
+        self.rows.get(seq).map(|(_, d)| d)
+    }
+
+    /// Inserts a new document at the end, or replaces one in place (keeping its position).
+    fn put(&mut self, id: &str, doc: Doc) {
+        if let Some(seq) = self.seq_of.get(id) {
+            if let Some(row) = self.rows.get_mut(seq) {
+                row.1 = doc;
+                return;
+            }
+        }
+        let seq = self.next;
+        self.next += 1;
+        self.seq_of.insert(id.to_string(), seq);
+        self.rows.insert(seq, (id.to_string(), doc));
+    }
+
+    fn remove(&mut self, id: &str) {
+        if let Some(seq) = self.seq_of.remove(id) {
+            self.rows.remove(&seq);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.seq_of.len()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&String, &Doc)> {
+        self.rows.values().map(|(id, doc)| (id, doc))
+    }
+}
+
 /// All documents, by kind then id, in insertion order, with a few value indexes.
 #[derive(Debug, Default)]
 pub struct Docs {
-    kinds: HashMap<String, IndexMap<String, Doc>>,
-    index: HashMap<(&'static str, &'static str, String), indexmap::IndexSet<String>>,
+    kinds: HashMap<String, Table>,
+    index: BTreeMap<(&'static str, &'static str, String), indexmap::IndexSet<String>>,
 }
 
 impl Docs {
@@ -154,12 +207,12 @@ impl Docs {
                 self.kinds
                     .entry((*kind).to_string())
                     .or_default()
-                    .insert(id.clone(), doc.clone());
+                    .put(id, doc.clone());
             }
             Write::Delete { kind, id } => {
                 self.unindex(kind, id);
                 if let Some(m) = self.kinds.get_mut(*kind) {
-                    m.shift_remove(id);
+                    m.remove(id);
                 }
             }
         }
@@ -167,7 +220,7 @@ impl Docs {
 
     fn insert_loaded(&mut self, kind: String, id: String, doc: Doc) {
         self.reindex(&kind, &id, &doc.body);
-        self.kinds.entry(kind).or_default().insert(id, doc);
+        self.kinds.entry(kind).or_default().put(&id, doc);
     }
 }
 
@@ -206,62 +259,111 @@ impl Persister {
 }
 
 /// Opens (or creates) the database file, loads every document and starts the writer.
-pub async fn open(path: &Path) -> Result<(Docs, Persister), StoreError> {
+/// With `fsync`, every commit is flushed to disk before the request is answered.
+pub async fn open(path: &Path, fsync: bool) -> Result<(Docs, Persister), StoreError> {
     let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Normal)
+        // Disk flushes, not SQLite, were the sandbox's write latency: with 32 clients every
+        // checkpoint's two fsyncs stalled a whole queue of requests (p99 11 ms against 4.5 ms
+        // without them; BENCHMARKS.md).
+        .synchronous(if fsync {
+            SqliteSynchronous::Full
+        } else {
+            SqliteSynchronous::Off
+        })
         .busy_timeout(std::time::Duration::from_secs(5))
         .disable_statement_logging();
     let pool = sqlx::pool::PoolOptions::<sqlx::Sqlite>::new()
         .max_connections(1)
         .connect_with(opts)
         .await?;
+    // One row per live document, keyed by a sequence number the writer hands out in order, so
+    // creating documents only appends to the table's last page. (A primary key on the random
+    // ids dirtied one index page per new document: five times the bytes written per commit.)
     sqlx::query(
-        "CREATE TABLE IF NOT EXISTS docs (
+        "CREATE TABLE IF NOT EXISTS objects (
+            seq INTEGER PRIMARY KEY,
             kind TEXT NOT NULL,
             id TEXT NOT NULL,
             location_id TEXT,
             parent_id TEXT,
             body TEXT NOT NULL,
-            created_ms INTEGER NOT NULL,
-            PRIMARY KEY (kind, id)
+            created_ms INTEGER NOT NULL
         )",
     )
     .execute(&pool)
     .await?;
+    migrate_docs_table(&pool).await?;
     let mut docs = Docs::default();
+    let mut rows_of = RowIndex::default();
     let rows = sqlx::query(
-        "SELECT kind, id, location_id, parent_id, body, created_ms FROM docs ORDER BY created_ms, rowid",
+        "SELECT seq, kind, id, location_id, parent_id, body, created_ms FROM objects \
+         ORDER BY created_ms, seq",
     )
     .fetch_all(&pool)
     .await?;
     for row in rows {
-        let kind: String = row.try_get(0)?;
-        let id: String = row.try_get(1)?;
-        let text: String = row.try_get(4)?;
+        let seq: i64 = row.try_get(0)?;
+        let kind: String = row.try_get(1)?;
+        let id: String = row.try_get(2)?;
+        let text: String = row.try_get(5)?;
         let body: Value = serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
             kind: kind.clone(),
             id: id.clone(),
             message: e.to_string(),
         })?;
+        rows_of.next = rows_of.next.max(seq + 1);
+        rows_of.seq_of.insert((kind.clone(), id.clone()), seq);
         docs.insert_loaded(
             kind,
             id,
             Doc {
-                location_id: row.try_get(2)?,
-                parent_id: row.try_get(3)?,
+                location_id: row.try_get(3)?,
+                parent_id: row.try_get(4)?,
                 body: Arc::new(body),
-                created_ms: row.try_get(5)?,
+                created_ms: row.try_get(6)?,
             },
         );
     }
     let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(writer(pool, rx));
+    tokio::spawn(writer(pool, rx, rows_of));
     Ok((docs, Persister { tx: Some(tx) }))
 }
 
-async fn writer(pool: SqlitePool, mut rx: mpsc::UnboundedReceiver<Batch>) {
+/// Moves the documents of a file written by an earlier sandbox (table `docs`, keyed by kind
+/// and id) into `objects`.
+async fn migrate_docs_table(pool: &SqlitePool) -> Result<(), StoreError> {
+    let old: Option<String> =
+        sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'docs'")
+            .fetch_optional(pool)
+            .await?;
+    if old.is_none() {
+        return Ok(());
+    }
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "INSERT INTO objects (kind, id, location_id, parent_id, body, created_ms) \
+         SELECT kind, id, location_id, parent_id, body, created_ms FROM docs \
+         ORDER BY created_ms, rowid",
+    )
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("DROP TABLE docs").execute(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Where each document's row is: the writer's own map, changed only after a commit succeeds.
+#[derive(Default)]
+struct RowIndex {
+    /// (kind, id) → the `seq` of its row. A B-tree for the same reason as [`Table`].
+    seq_of: BTreeMap<(String, String), i64>,
+    /// Next sequence number to hand out.
+    next: i64,
+}
+
+async fn writer(pool: SqlitePool, mut rx: mpsc::UnboundedReceiver<Batch>, mut rows: RowIndex) {
     let mut pending = Vec::new();
     while let Some(first) = rx.recv().await {
         pending.push(first);
@@ -272,7 +374,9 @@ async fn writer(pool: SqlitePool, mut rx: mpsc::UnboundedReceiver<Batch>) {
                 Err(_) => break,
             }
         }
-        let result = commit(&pool, &pending).await.map_err(|e| e.to_string());
+        let result = commit(&pool, &pending, &mut rows)
+            .await
+            .map_err(|e| e.to_string());
         if let Err(e) = &result {
             tracing::error!(error = %e, "sandbox could not persist a batch");
         }
@@ -280,11 +384,21 @@ async fn writer(pool: SqlitePool, mut rx: mpsc::UnboundedReceiver<Batch>) {
             let _ = batch.done.send(result.clone());
         }
     }
+    // Every persister is gone: the sandbox stopped. Leave the file checkpointed.
+    let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+        .execute(&pool)
+        .await;
+    pool.close().await;
 }
 
-async fn commit(pool: &SqlitePool, batches: &[Batch]) -> Result<(), sqlx::Error> {
+async fn commit(
+    pool: &SqlitePool,
+    batches: &[Batch],
+    rows: &mut RowIndex,
+) -> Result<(), sqlx::Error> {
     // Only the last change to each document matters for the stored state, so a batch becomes
-    // one multi-row upsert and one multi-row delete: a few statements instead of hundreds.
+    // one multi-row delete of the rows replaced and one multi-row insert: a few statements
+    // instead of hundreds.
     let mut last: IndexMap<(&str, &str), &Write> = IndexMap::new();
     for w in batches.iter().flat_map(|b| b.writes.iter()) {
         let key = match w {
@@ -293,39 +407,48 @@ async fn commit(pool: &SqlitePool, batches: &[Batch]) -> Result<(), sqlx::Error>
         last.shift_remove(&key);
         last.insert(key, w);
     }
-    let puts: Vec<(&str, &str, &Doc)> = last
-        .values()
-        .filter_map(|w| match w {
-            Write::Put { kind, id, doc } => Some((*kind, id.as_str(), doc)),
-            Write::Delete { .. } => None,
-        })
-        .collect();
-    let deletes: Vec<(&str, &str)> = last
-        .values()
-        .filter_map(|w| match w {
-            Write::Delete { kind, id } => Some((*kind, id.as_str())),
-            Write::Put { .. } => None,
-        })
-        .collect();
+    let mut stale: Vec<i64> = Vec::new();
+    let mut inserts: Vec<(i64, &str, &str, &Doc)> = Vec::new();
+    for ((kind, id), w) in &last {
+        if let Some(seq) = rows.seq_of.get(&((*kind).to_string(), (*id).to_string())) {
+            stale.push(*seq);
+        }
+        if let Write::Put { doc, .. } = w {
+            inserts.push((rows.next + inserts.len() as i64, kind, id, doc));
+        }
+    }
     let mut tx = pool.begin().await?;
-    for chunk in puts.chunks(400) {
+    for chunk in stale.chunks(900) {
+        let mut sql = String::from("DELETE FROM objects WHERE seq IN (");
+        for i in 0..chunk.len() {
+            if i > 0 {
+                sql.push(',');
+            }
+            sql.push('?');
+        }
+        sql.push(')');
+        // Only placeholders are interpolated; every value is bound.
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for seq in chunk {
+            q = q.bind(*seq);
+        }
+        q.execute(&mut *tx).await?;
+    }
+    for chunk in inserts.chunks(400) {
         let mut sql = String::from(
-            "INSERT INTO docs (kind, id, location_id, parent_id, body, created_ms) VALUES ",
+            "INSERT INTO objects (seq, kind, id, location_id, parent_id, body, created_ms) VALUES ",
         );
         for i in 0..chunk.len() {
             if i > 0 {
                 sql.push(',');
             }
-            sql.push_str("(?, ?, ?, ?, ?, ?)");
+            sql.push_str("(?, ?, ?, ?, ?, ?, ?)");
         }
-        sql.push_str(
-            " ON CONFLICT (kind, id) DO UPDATE SET location_id = excluded.location_id, \
-             parent_id = excluded.parent_id, body = excluded.body",
-        );
         // Only placeholders are interpolated; every value is bound.
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (kind, id, doc) in chunk {
+        for (seq, kind, id, doc) in chunk {
             q = q
+                .bind(*seq)
                 .bind(*kind)
                 .bind(*id)
                 .bind(&doc.location_id)
@@ -335,23 +458,18 @@ async fn commit(pool: &SqlitePool, batches: &[Batch]) -> Result<(), sqlx::Error>
         }
         q.execute(&mut *tx).await?;
     }
-    for chunk in deletes.chunks(400) {
-        let mut sql = String::from("DELETE FROM docs WHERE (kind, id) IN (VALUES ");
-        for i in 0..chunk.len() {
-            if i > 0 {
-                sql.push(',');
-            }
-            sql.push_str("(?, ?)");
-        }
-        sql.push(')');
-        // Only placeholders are interpolated; every value is bound.
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (kind, id) in chunk {
-            q = q.bind(*kind).bind(*id);
-        }
-        q.execute(&mut *tx).await?;
+    tx.commit().await?;
+    // Committed: now the writer's map may follow.
+    for (kind, id) in last.keys() {
+        rows.seq_of
+            .remove(&((*kind).to_string(), (*id).to_string()));
     }
-    tx.commit().await
+    for (seq, kind, id, _) in &inserts {
+        rows.seq_of
+            .insert(((*kind).to_string(), (*id).to_string()), *seq);
+    }
+    rows.next += inserts.len() as i64;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -378,7 +496,7 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("dir");
         let file = dir.join("s.db");
         {
-            let (_, persister) = open(&file).await.expect("open");
+            let (_, persister) = open(&file, false).await.expect("open");
             let del = Write::Delete {
                 kind: "contact",
                 id: "a".into(),
@@ -399,7 +517,7 @@ mod tests {
                 .await
                 .expect("persist");
         }
-        let (docs, _) = open(&file).await.expect("reopen");
+        let (docs, _) = open(&file, false).await.expect("reopen");
         assert!(docs.get("contact", "a").is_none());
         assert_eq!(
             docs.get("contact", "b").map(|d| d.body["v"].clone()),
@@ -415,5 +533,107 @@ mod tests {
                 .is_empty()
         );
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn every_document_keeps_one_row_and_its_place() {
+        let dir = std::env::temp_dir().join(format!("hlbridge-store-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("s.db");
+        {
+            let (_, persister) = open(&file, true).await.expect("open");
+            persister
+                .persist(vec![put("a", 1), put("b", 2), put("c", 3)])
+                .await
+                .expect("persist");
+            for v in 0..5 {
+                // Updating "a" keeps its created_ms, so it stays first.
+                let mut w = put("a", 1);
+                if let Write::Put { doc, .. } = &mut w {
+                    doc.body = Arc::new(json!({ "id": "a", "v": 10 + v }));
+                }
+                persister.persist(vec![w]).await.expect("persist");
+            }
+        }
+        let (docs, _) = open(&file, false).await.expect("reopen");
+        let order: Vec<&str> = docs.iter("contact").map(|(id, _)| id.as_str()).collect();
+        assert_eq!(order, ["a", "b", "c"]);
+        assert_eq!(
+            docs.get("contact", "a").map(|d| d.body["v"].clone()),
+            Some(json!(14))
+        );
+        let pool = SqlitePool::connect(&format!("sqlite://{}", file.display()))
+            .await
+            .expect("pool");
+        let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM objects")
+            .fetch_one(&pool)
+            .await
+            .expect("count");
+        assert_eq!(
+            rows, 3,
+            "one row per live document, however often it changed"
+        );
+        pool.close().await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn files_of_the_earlier_layout_are_migrated() {
+        let dir = std::env::temp_dir().join(format!("hlbridge-store-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("old.db");
+        let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", file.display()))
+            .expect("opts")
+            .create_if_missing(true);
+        let pool = SqlitePool::connect_with(opts).await.expect("pool");
+        sqlx::query(
+            "CREATE TABLE docs (kind TEXT NOT NULL, id TEXT NOT NULL, location_id TEXT, \
+             parent_id TEXT, body TEXT NOT NULL, created_ms INTEGER NOT NULL, PRIMARY KEY (kind, id))",
+        )
+        .execute(&pool)
+        .await
+        .expect("old table");
+        sqlx::query("INSERT INTO docs VALUES ('contact', 'z', 'loc', NULL, '{\"id\":\"z\"}', 2), ('contact', 'y', 'loc', NULL, '{\"id\":\"y\"}', 1)")
+            .execute(&pool)
+            .await
+            .expect("old rows");
+        pool.close().await;
+        {
+            let (docs, persister) = open(&file, false).await.expect("open");
+            let order: Vec<&str> = docs.iter("contact").map(|(id, _)| id.as_str()).collect();
+            assert_eq!(order, ["y", "z"]);
+            persister.persist(vec![put("y", 1)]).await.expect("persist");
+        }
+        let (docs, _) = open(&file, false).await.expect("reopen");
+        assert_eq!(docs.count("contact"), 2);
+        assert_eq!(
+            docs.get("contact", "y").map(|d| d.body["v"].clone()),
+            Some(json!(1))
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn tables_keep_insertion_order_through_updates_and_removals() {
+        let mut t = Table::default();
+        let doc = |v: i64| Doc {
+            location_id: None,
+            parent_id: None,
+            body: Arc::new(json!({ "v": v })),
+            created_ms: v,
+        };
+        for (i, id) in ["m", "a", "z", "b"].iter().enumerate() {
+            t.put(id, doc(i as i64));
+        }
+        t.put("a", doc(9));
+        t.remove("z");
+        t.remove("missing");
+        let order: Vec<(&str, i64)> = t
+            .iter()
+            .map(|(id, d)| (id.as_str(), d.body["v"].as_i64().unwrap_or(-1)))
+            .collect();
+        assert_eq!(order, [("m", 0), ("a", 9), ("b", 3)]);
+        assert_eq!(t.len(), 3);
+        assert!(t.get("z").is_none());
     }
 }
