@@ -2,6 +2,7 @@
 //! input, output, error and timings) and `hlbridge replay <run-id> | --dead [--flow X]`
 //! (enqueue a finished run's event again; a running `hlbridge serve` executes it).
 
+use hlbridge_engine::security::{Actor, AuditAction, AuditEvent, audit};
 use std::sync::Arc;
 
 use anyhow::anyhow;
@@ -213,11 +214,15 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     };
     for id in &new {
         if let Some(d) = store.run_detail(*id).await? {
-            println!(
-                "queued run {id} (flow {}, replay of {})",
-                d.run.flow_id,
-                d.run.replay_of.map(|r| r.to_string()).unwrap_or_default()
-            );
+            let of = d.run.replay_of.map(|r| r.to_string()).unwrap_or_default();
+            if let Some(security) = store.security() {
+                // The same event the admin API records, with the command line as the actor.
+                let event = AuditEvent::new(Actor::cli(), AuditAction::RunReplayed)
+                    .target(of.clone())
+                    .details(serde_json::json!({ "new_run": id.to_string() }));
+                audit::record(security.as_ref(), event).await?;
+            }
+            println!("queued run {id} (flow {}, replay of {of})", d.run.flow_id);
         }
     }
     println!(

@@ -1,7 +1,8 @@
-//! `hlbridge vault rotate|status`: the key ring of the vault that encrypts every stored
-//! secret. `rotate` creates a new data key and re-encrypts every secret under it while a
-//! running `hlbridge serve` keeps working (it reloads the key ring by itself); `status`
-//! shows the keys and how many secrets each seals.
+//! `hlbridge vault rotate|rotate-master|status`: the key ring of the vault that encrypts
+//! every stored secret. `rotate` creates a new data key and re-encrypts every secret under it
+//! while a running `hlbridge serve` keeps working (it reloads the key ring by itself);
+//! `rotate-master` replaces the master key that wraps the ring (the key file, or the value of
+//! `HLBRIDGE_MASTER_KEY`); `status` shows the keys and how many secrets each seals.
 //!
 //! Also the helpers the security commands share: opening the security services of a data
 //! directory, and reading a secret given on the command line, from a file or a prompt.
@@ -10,7 +11,10 @@ use std::io::{BufRead, IsTerminal, Write};
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use hlbridge_engine::security::{Actor, AuditAction, AuditEvent, Secret, Security, SecurityConfig};
+use hlbridge_engine::security::vault::{MASTER_KEY_ENV, MASTER_KEY_FILE, rotate_master_key};
+use hlbridge_engine::security::{
+    Actor, AuditAction, AuditEvent, MasterKey, Secret, Security, SecurityConfig,
+};
 use serde_json::json;
 
 use crate::flows::DataArgs;
@@ -107,8 +111,22 @@ pub struct VaultArgs {
 enum VaultCommand {
     /// Create a new data key and re-encrypt every secret under it (online).
     Rotate(VaultCmdArgs),
+    /// Replace the master key: re-wrap every data key under a new one (online). With a key
+    /// file, the file is replaced; with HLBRIDGE_MASTER_KEY, the new value is printed once
+    /// (or taken from --new-key) and must be set before the next start.
+    RotateMaster(RotateMasterArgs),
     /// Show the key ring: each key, its state and how many secrets it seals.
     Status(VaultCmdArgs),
+}
+
+#[derive(Args, Debug)]
+struct RotateMasterArgs {
+    /// The new master key (base64 of 32 random bytes) as `@FILE` or `-` (standard input);
+    /// generated when not given.
+    #[arg(long, value_name = "@FILE|-")]
+    new_key: Option<String>,
+    #[command(flatten)]
+    cmd: VaultCmdArgs,
 }
 
 #[derive(Args, Debug)]
@@ -150,6 +168,7 @@ pub async fn run(args: VaultArgs) -> anyhow::Result<()> {
                 );
             }
         }
+        VaultCommand::RotateMaster(a) => rotate_master(a).await?,
         VaultCommand::Status(a) => {
             let sec = open_security(&a.data).await?;
             let status = sec.vault().await?.status().await?;
@@ -162,6 +181,53 @@ pub async fn run(args: VaultArgs) -> anyhow::Result<()> {
                 }
             }
         }
+    }
+    Ok(())
+}
+
+async fn rotate_master(a: RotateMasterArgs) -> anyhow::Result<()> {
+    let (new, generated) = match &a.new_key {
+        Some(v) => (
+            MasterKey::from_base64(secret_arg(v, "new master key")?.expose())?,
+            false,
+        ),
+        None => (MasterKey::generate(), true),
+    };
+    let new_text = new.to_base64();
+    let sec = open_security(&a.cmd.data).await?;
+    let vault = sec.vault().await?;
+    let from_env = std::env::var(MASTER_KEY_ENV).is_ok_and(|v| !v.trim().is_empty());
+    let report = rotate_master_key(&vault, &a.cmd.data.dir(), new).await?;
+    sec.audit(
+        AuditEvent::new(Actor::cli(), AuditAction::SecretRotated).details(json!({
+            "master_key": report.master_key,
+            "previous_master_key": report.previous_master_key,
+            "rewrapped": report.rewrapped,
+        })),
+    )
+    .await?;
+    if a.cmd.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "Rotated the master key: {} data key(s) re-wrapped; master key {} replaces {}.",
+            report.rewrapped, report.master_key, report.previous_master_key
+        );
+    }
+    if from_env {
+        eprintln!(
+            "The database now needs the new master key: set {MASTER_KEY_ENV} to it before the \
+             next start of every hlbridge process (running ones keep working until then)."
+        );
+        if generated {
+            // Shown once, because there is nowhere else it is kept.
+            println!("{MASTER_KEY_ENV}={}", new_text.expose());
+        }
+    } else {
+        println!(
+            "Key file {} replaced; back it up (the old key no longer opens this database).",
+            a.cmd.data.dir().join(MASTER_KEY_FILE).display()
+        );
     }
     Ok(())
 }

@@ -278,10 +278,17 @@ impl Engine {
     ) -> Result<Vec<String>, EngineError> {
         for f in &flows {
             let def = serde_json::to_value(&f.flow).unwrap_or(Value::Null);
-            self.inner
+            let before = self
+                .inner
                 .store
                 .upsert_flow(f.id(), f.flow.name.as_deref(), &def, f.flow.enabled)
                 .await?;
+            // Flows loaded from files changed outside hlbridge (an editor, a deploy): the
+            // audit log records what changed when it was loaded. The admin API records its
+            // own changes with the user who made them.
+            if replace {
+                self.audit_file_change(f, &def, before).await;
+            }
         }
         let ids: Vec<String> = flows.iter().map(|f| f.id().to_owned()).collect();
         if let Ok(mut map) = self.inner.flows.write() {
@@ -293,6 +300,46 @@ impl Engine {
             }
         }
         Ok(ids)
+    }
+
+    async fn audit_file_change(
+        &self,
+        f: &CompiledFlow,
+        def: &Value,
+        before: Option<crate::store::PreviousFlow>,
+    ) {
+        use crate::security::{Actor, AuditAction, AuditEvent, audit};
+        let Some(security) = self.inner.store.security() else {
+            return;
+        };
+        let mut actions = Vec::new();
+        match &before {
+            None => actions.push(AuditAction::FlowCreated),
+            Some(prev) => {
+                // Switching a flow on or off is its own event, not a change of definition.
+                let without_enabled = |v: &Value| {
+                    let mut v = v.clone();
+                    if let Some(o) = v.as_object_mut() {
+                        o.remove("enabled");
+                    }
+                    v
+                };
+                if without_enabled(&prev.definition) != without_enabled(def) {
+                    actions.push(AuditAction::FlowChanged);
+                }
+                match (prev.enabled, f.flow.enabled) {
+                    (false, true) => actions.push(AuditAction::FlowEnabled),
+                    (true, false) => actions.push(AuditAction::FlowDisabled),
+                    _ => {}
+                }
+            }
+        }
+        for action in actions {
+            let event = AuditEvent::new(Actor::system("flow files"), action)
+                .target(f.id())
+                .details(serde_json::json!({ "file": f.file }));
+            audit::record_or_log(security.as_ref(), event).await;
+        }
     }
 
     /// A loaded flow.

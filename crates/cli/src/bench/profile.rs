@@ -76,7 +76,7 @@ impl Store for Timed {
         name: Option<&'a str>,
         definition: &'a Value,
         enabled: bool,
-    ) -> StoreFuture<'a, ()> {
+    ) -> StoreFuture<'a, Option<hlbridge_engine::store::PreviousFlow>> {
         self.time(
             "upsert_flow",
             self.inner.upsert_flow(id, name, definition, enabled),

@@ -77,6 +77,24 @@ fn demo_once_succeeds_and_leaves_its_runs() {
         "{}",
         text(&show)
     );
+    // A replay from the command line is queued and audited.
+    let replay = hlbridge(&["replay", id, "--data", d]);
+    assert!(replay.status.success(), "{}", text(&replay));
+    assert!(
+        String::from_utf8_lossy(&replay.stdout).contains(&format!("replay of {id}")),
+        "{}",
+        text(&replay)
+    );
+    let audit = hlbridge(&["audit", "--json", "--data", d]);
+    assert!(audit.status.success(), "{}", text(&audit));
+    let entries: serde_json::Value = serde_json::from_slice(&audit.stdout).expect("audit JSON");
+    assert!(
+        entries.as_array().is_some_and(|a| a
+            .iter()
+            .any(|e| e["action"] == "run.replayed" && e["target"] == id)),
+        "{}",
+        text(&audit)
+    );
     let _ = std::fs::remove_dir_all(&data);
 }
 

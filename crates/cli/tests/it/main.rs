@@ -3,3 +3,4 @@
 mod cluster;
 mod crash;
 mod demo;
+mod security;

@@ -18,6 +18,13 @@
 //! refuses to delete a key still in use, and a secret sealed with a deleted key is refused
 //! too, so the writer re-seals under the new key. Readers keep working throughout: an
 //! unknown key id makes the vault reload its ring.
+//!
+//! [`rotate_master_key`] replaces the master key itself: the new key is written next to the
+//! old one (`master.key.next`), every data key is re-wrapped under it in one transaction, and
+//! only then is the file moved over `master.key` — a crash in between leaves both files, and
+//! the next start picks whichever one the database was wrapped with. Secrets themselves are
+//! not touched (the data keys do not change). Running processes keep their unwrapped data
+//! keys and read the new key file when they meet a key wrapped under it.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -40,6 +47,9 @@ pub const MASTER_KEY_ENV: &str = "HLBRIDGE_MASTER_KEY";
 
 /// The key file's name in the data directory.
 pub const MASTER_KEY_FILE: &str = "master.key";
+
+/// The next master key during a master-key rotation (see the module docs).
+pub const NEXT_MASTER_KEY_FILE: &str = "master.key.next";
 
 const SEAL_PREFIX: &str = "hlv1";
 
@@ -378,14 +388,15 @@ fn decrypt(cipher: &XChaCha20Poly1305, data: &[u8], aad: &[u8]) -> Option<Zeroiz
 /// The vault (see the module docs). Cheap to share behind an `Arc`.
 pub struct Vault {
     store: Arc<dyn SecurityStore>,
-    master: MasterKey,
+    /// Swapped (never mutated) when the master key is rotated, here or by another process.
+    master: RwLock<Arc<MasterKey>>,
     ring: RwLock<Ring>,
 }
 
 impl std::fmt::Debug for Vault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Vault")
-            .field("master_key", &self.master.id())
+            .field("master_key", &self.master.read().id())
             .field("active_key", &self.ring.read().active)
             .finish_non_exhaustive()
     }
@@ -400,7 +411,7 @@ impl Vault {
     ) -> Result<Vault, VaultError> {
         let vault = Vault {
             store,
-            master,
+            master: RwLock::new(Arc::new(master)),
             ring: RwLock::new(Ring {
                 keys: HashMap::new(),
                 active: None,
@@ -417,8 +428,47 @@ impl Vault {
     }
 
     /// The master key's fingerprint.
-    pub fn master_key_id(&self) -> &str {
-        self.master.id()
+    pub fn master_key_id(&self) -> String {
+        self.master.read().id().to_owned()
+    }
+
+    fn master(&self) -> Arc<MasterKey> {
+        self.master.read().clone()
+    }
+
+    /// The master key the database's ring is wrapped with: ours, or — after another process
+    /// rotated it — the one now in our key file (or its `.next` file, if that rotation has not
+    /// finished moving it into place). Fails when neither matches.
+    fn master_for(&self, expected: &str) -> Result<Arc<MasterKey>, VaultError> {
+        let current = self.master();
+        if current.id() == expected {
+            return Ok(current);
+        }
+        let file = match current.source() {
+            KeySource::File(p) | KeySource::Created(p) => Some(p.clone()),
+            KeySource::Env | KeySource::Given => None,
+        };
+        if let Some(path) = file {
+            let next = path.with_file_name(NEXT_MASTER_KEY_FILE);
+            for candidate in [&path, &next] {
+                if let Ok(mut k) = read_key_file(candidate) {
+                    if k.id() == expected {
+                        k.source = KeySource::File(path.clone());
+                        if candidate == &next {
+                            // The rotation that wrote it stopped before moving it into place.
+                            let _ = std::fs::rename(&next, &path);
+                        }
+                        let k = Arc::new(k);
+                        *self.master.write() = k.clone();
+                        return Ok(k);
+                    }
+                }
+            }
+        }
+        Err(VaultError::MasterKeyMismatch {
+            expected: expected.to_owned(),
+            given: current.id().to_owned(),
+        })
     }
 
     /// The store the vault writes to.
@@ -430,12 +480,13 @@ impl Vault {
         let id = format!("k{}", uuid::Uuid::now_v7().simple());
         let mut bytes = Zeroizing::new([0u8; 32]);
         fill_random(bytes.as_mut());
-        let wrapped = encrypt(&self.master.cipher(), bytes.as_ref(), &wrap_aad(&id))
+        let master = self.master();
+        let wrapped = encrypt(&master.cipher(), bytes.as_ref(), &wrap_aad(&id))
             .ok_or_else(|| VaultError::MasterKey("wrapping a data key failed".into()))?;
         Ok(VaultKeyRecord {
             id,
             state: "active".into(),
-            master_id: self.master.id().to_owned(),
+            master_id: master.id().to_owned(),
             wrapped: STANDARD.encode(wrapped),
             created_at: now(),
         })
@@ -446,25 +497,22 @@ impl Vault {
         let records = self.store.vault_keys().await?;
         let mut keys = HashMap::new();
         let mut active = None;
-        let cipher = self.master.cipher();
         for rec in records {
-            if rec.master_id != self.master.id() {
-                return Err(VaultError::MasterKeyMismatch {
-                    expected: rec.master_id,
-                    given: self.master.id().to_owned(),
-                });
-            }
+            // A key already unwrapped stays usable even if the ring was re-wrapped under a new
+            // master key since (the data key itself did not change).
             let existing = self.ring.read().keys.get(&rec.id).cloned();
             let key = match existing {
                 Some(k) => k,
                 None => {
+                    let master = self.master_for(&rec.master_id)?;
+                    let cipher = master.cipher();
                     let data = STANDARD
                         .decode(&rec.wrapped)
                         .map_err(|_| VaultError::Malformed(format!("vault key {}", rec.id)))?;
                     let plain = decrypt(&cipher, &data, &wrap_aad(&rec.id)).ok_or_else(|| {
                         VaultError::MasterKeyMismatch {
                             expected: rec.master_id.clone(),
-                            given: self.master.id().to_owned(),
+                            given: master.id().to_owned(),
                         }
                     })?;
                     let bytes: [u8; 32] = plain.as_slice().try_into().map_err(|_| {
@@ -630,7 +678,7 @@ impl Vault {
             })
             .collect();
         Ok(VaultStatus {
-            master_key: self.master.id().to_owned(),
+            master_key: self.master_key_id(),
             keys,
         })
     }
@@ -639,6 +687,7 @@ impl Vault {
     /// write secrets.
     pub async fn rotate(&self) -> Result<RotationReport, VaultError> {
         self.reload().await?;
+        self.check_ring_master().await?;
         let rec = self.new_key_record()?;
         self.store.rotate_vault_key(&rec).await?;
         self.reload().await?;
@@ -686,6 +735,152 @@ impl Vault {
             reencrypted,
         })
     }
+
+    /// Fails unless every key of the ring is wrapped with this vault's master key (adopting a
+    /// key file rotated by another process), so a new data key is never wrapped under a master
+    /// key the others cannot read.
+    async fn check_ring_master(&self) -> Result<(), VaultError> {
+        for rec in self.store.vault_keys().await? {
+            self.master_for(&rec.master_id)?;
+        }
+        Ok(())
+    }
+
+    /// Re-wraps every data key under `new` (see [`rotate_master_key`], which also handles the
+    /// key file). From then on this vault uses `new`.
+    pub async fn rewrap(&self, new: MasterKey) -> Result<MasterRotationReport, VaultError> {
+        for _ in 0..10 {
+            self.reload().await?;
+            let records = self.store.vault_keys().await?;
+            let Some(first) = records.first() else {
+                break;
+            };
+            let old_master = first.master_id.clone();
+            let mut rewrapped = Vec::with_capacity(records.len());
+            for rec in &records {
+                let key = self.ring.read().keys.get(&rec.id).cloned().ok_or_else(|| {
+                    VaultError::UnknownKey {
+                        secret: "(key ring)".into(),
+                        key: rec.id.clone(),
+                    }
+                })?;
+                let wrapped = encrypt(&new.cipher(), key.0.as_ref(), &wrap_aad(&rec.id))
+                    .ok_or_else(|| VaultError::MasterKey("wrapping a data key failed".into()))?;
+                rewrapped.push(VaultKeyRecord {
+                    master_id: new.id().to_owned(),
+                    wrapped: STANDARD.encode(wrapped),
+                    ..rec.clone()
+                });
+            }
+            if self
+                .store
+                .rewrap_vault_keys(&old_master, &rewrapped)
+                .await?
+            {
+                let previous = self.master_key_id();
+                *self.master.write() = Arc::new(new);
+                return Ok(MasterRotationReport {
+                    previous_master_key: previous,
+                    master_key: self.master_key_id(),
+                    rewrapped: rewrapped.len() as u64,
+                });
+            }
+            // The ring changed under us (a data-key rotation): read it again.
+        }
+        Err(VaultError::Store(StoreError::Conflict(
+            "the key ring kept changing during the master-key rotation; try again".into(),
+        )))
+    }
+}
+
+/// What a master-key rotation did.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct MasterRotationReport {
+    /// Fingerprint of the retired master key.
+    pub previous_master_key: String,
+    /// Fingerprint of the new master key.
+    pub master_key: String,
+    /// Data keys re-wrapped.
+    pub rewrapped: u64,
+}
+
+/// Rotates the master key of a vault whose key came from the key file in `data_dir`, or —
+/// when it came from `HLBRIDGE_MASTER_KEY` — to `new` (the caller then hands the new value to
+/// the operator, who must set it before the next start). With a key file the new key is
+/// written to `master.key.next` (mode 0600) before the database changes and moved over
+/// `master.key` after, so no crash can leave the database wrapped with a key that is nowhere.
+pub async fn rotate_master_key(
+    vault: &Vault,
+    data_dir: &Path,
+    new: MasterKey,
+) -> Result<MasterRotationReport, VaultError> {
+    let from_file = matches!(
+        vault.master().source(),
+        KeySource::File(_) | KeySource::Created(_)
+    );
+    if !from_file {
+        return vault.rewrap(new).await;
+    }
+    let path = data_dir.join(MASTER_KEY_FILE);
+    let next = data_dir.join(NEXT_MASTER_KEY_FILE);
+    // A leftover from a rotation that stopped before its database change: not in use.
+    if next.exists() {
+        let left = read_key_file(&next)?;
+        let in_use = vault
+            .store()
+            .vault_keys()
+            .await?
+            .iter()
+            .any(|k| k.master_id == left.id());
+        if in_use {
+            vault.reload().await?;
+            vault.master_for(left.id())?;
+            return Err(VaultError::MasterKey(format!(
+                "a previous rotation had already moved the database to master key {}; it is now in {}",
+                left.id(),
+                path.display()
+            )));
+        }
+        std::fs::remove_file(&next).map_err(|source| VaultError::KeyFile {
+            path: next.clone(),
+            source,
+        })?;
+    }
+    write_key_file(&next, &new)?;
+    let new_source = KeySource::File(path.clone());
+    let report = vault
+        .rewrap(MasterKey {
+            source: new_source,
+            ..new
+        })
+        .await?;
+    std::fs::rename(&next, &path).map_err(|source| VaultError::KeyFile {
+        path: path.clone(),
+        source,
+    })?;
+    Ok(report)
+}
+
+/// Writes a key to a new file with mode 0600 (fails if the file exists) and syncs it.
+fn write_key_file(path: &Path, key: &MasterKey) -> Result<(), VaultError> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    (|| {
+        let mut f = options.open(path)?;
+        f.write_all(key.to_base64().expose().as_bytes())?;
+        f.write_all(b"\n")?;
+        f.sync_all()
+    })()
+    .map_err(|source| VaultError::KeyFile {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -882,6 +1077,161 @@ mod tests {
         );
         store.close().await;
         store2.close().await;
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    #[tokio::test]
+    async fn master_key_rotation_rewraps_the_ring_and_replaces_the_key_file() {
+        let d = dir("master");
+        let store = SqliteStore::open(&d).await.expect("store");
+        let v = Vault::open(
+            Arc::new(store.clone()),
+            MasterKey::load_from(None, &d).expect("created"),
+        )
+        .await
+        .expect("vault");
+        // A second process (a running `serve`) with the same key file.
+        let v2 = Vault::open(
+            Arc::new(store.clone()),
+            MasterKey::load_from(None, &d).expect("file"),
+        )
+        .await
+        .expect("vault 2");
+        let old_text = std::fs::read_to_string(d.join(MASTER_KEY_FILE)).expect("key file");
+        let old_id = v.master_key_id();
+        let r = SecretRef::new("connections", "c1", "refresh_token");
+        v.put(&r, &Secret::new("rotate-me")).await.expect("put");
+        v.rotate().await.expect("a second data key");
+
+        let report = rotate_master_key(&v, &d, MasterKey::generate())
+            .await
+            .expect("rotate master");
+        assert_eq!(report.previous_master_key, old_id);
+        assert_ne!(report.master_key, old_id);
+        assert_eq!(report.rewrapped, 1);
+        assert!(!d.join(NEXT_MASTER_KEY_FILE).exists());
+        let new_text = std::fs::read_to_string(d.join(MASTER_KEY_FILE)).expect("key file");
+        assert_ne!(new_text, old_text);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(d.join(MASTER_KEY_FILE))
+                .expect("meta")
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        // The old key no longer opens the database; the new file does.
+        let old = MasterKey::from_base64(&old_text).expect("old key");
+        assert!(matches!(
+            Vault::open(Arc::new(store.clone()), old).await,
+            Err(VaultError::MasterKeyMismatch { .. })
+        ));
+        let v3 = Vault::open(
+            Arc::new(store.clone()),
+            MasterKey::load_from(None, &d).expect("new file"),
+        )
+        .await
+        .expect("vault 3");
+        assert_eq!(
+            v3.get(&r).await.expect("get").expect("some").expose(),
+            "rotate-me"
+        );
+        // The running process keeps working, and after a data-key rotation wrapped under the
+        // new master key it adopts the new key file by itself.
+        assert_eq!(
+            v2.get(&r).await.expect("get").expect("some").expose(),
+            "rotate-me"
+        );
+        v3.rotate().await.expect("data key under the new master");
+        v2.reload().await.expect("v2 follows");
+        assert_eq!(v2.master_key_id(), report.master_key);
+        v2.put(&r, &Secret::new("still-works")).await.expect("put");
+        assert_eq!(
+            v3.get(&r).await.expect("get").expect("some").expose(),
+            "still-works"
+        );
+        store.close().await;
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    #[tokio::test]
+    async fn a_rotation_interrupted_after_the_database_change_recovers_from_the_next_file() {
+        let d = dir("master-crash");
+        let store = SqliteStore::open(&d).await.expect("store");
+        let v = Vault::open(
+            Arc::new(store.clone()),
+            MasterKey::load_from(None, &d).expect("created"),
+        )
+        .await
+        .expect("vault");
+        let r = SecretRef::new("connections", "c1", "access_token");
+        v.put(&r, &Secret::new("survives")).await.expect("put");
+        // Simulate the crash: the next key written and the ring re-wrapped, the file not moved.
+        let new = MasterKey::generate();
+        let new_id = new.id().to_owned();
+        write_key_file(&d.join(NEXT_MASTER_KEY_FILE), &new).expect("next file");
+        v.rewrap(new).await.expect("rewrap");
+        assert!(d.join(MASTER_KEY_FILE).exists() && d.join(NEXT_MASTER_KEY_FILE).exists());
+        // A fresh start loads the old master.key, finds the ring under the next key, adopts it.
+        let v2 = Vault::open(
+            Arc::new(store.clone()),
+            MasterKey::load_from(None, &d).expect("old file"),
+        )
+        .await
+        .expect("recovered");
+        assert_eq!(v2.master_key_id(), new_id);
+        assert!(!d.join(NEXT_MASTER_KEY_FILE).exists());
+        assert_eq!(
+            MasterKey::load_from(None, &d).expect("file").id(),
+            new_id,
+            "the next file was moved into place"
+        );
+        assert_eq!(
+            v2.get(&r).await.expect("get").expect("some").expose(),
+            "survives"
+        );
+        store.close().await;
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    #[tokio::test]
+    async fn an_env_master_key_is_rotated_without_touching_files() {
+        let d = dir("master-env");
+        let store = SqliteStore::open(&d).await.expect("store");
+        let env_key = MasterKey::generate();
+        let env_text = env_key.to_base64();
+        let v = Vault::open(
+            Arc::new(store.clone()),
+            MasterKey::load_from(Some(env_text.expose()), &d).expect("env"),
+        )
+        .await
+        .expect("vault");
+        let r = SecretRef::new("app_connections", "a1", "api_key");
+        v.put(&r, &Secret::new("env-secret")).await.expect("put");
+        let new = MasterKey::generate();
+        let new_text = new.to_base64();
+        rotate_master_key(&v, &d, new).await.expect("rotate");
+        assert!(!d.join(MASTER_KEY_FILE).exists() && !d.join(NEXT_MASTER_KEY_FILE).exists());
+        let v2 = Vault::open(
+            Arc::new(store.clone()),
+            MasterKey::load_from(Some(new_text.expose()), &d).expect("new env"),
+        )
+        .await
+        .expect("new key opens");
+        assert_eq!(
+            v2.get(&r).await.expect("get").expect("some").expose(),
+            "env-secret"
+        );
+        assert!(
+            Vault::open(
+                Arc::new(store.clone()),
+                MasterKey::load_from(Some(env_text.expose()), &d).expect("old env"),
+            )
+            .await
+            .is_err()
+        );
+        store.close().await;
         let _ = std::fs::remove_dir_all(d);
     }
 }

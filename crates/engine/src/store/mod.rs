@@ -325,16 +325,26 @@ pub struct Cursor {
     pub watermark: Option<String>,
 }
 
+/// A flow as the store knew it before an update.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PreviousFlow {
+    /// Its definition.
+    pub definition: Value,
+    /// Whether it was enabled.
+    pub enabled: bool,
+}
+
 /// The store interface (see the module docs).
 pub trait Store: Send + Sync {
-    /// Records (or updates) a loaded flow's definition.
+    /// Records (or updates) a loaded flow's definition; returns what was stored before
+    /// (`None` for a new flow), so callers can tell created, changed and enabled apart.
     fn upsert_flow<'a>(
         &'a self,
         id: &'a str,
         name: Option<&'a str>,
         definition: &'a Value,
         enabled: bool,
-    ) -> StoreFuture<'a, ()>;
+    ) -> StoreFuture<'a, Option<PreviousFlow>>;
 
     /// Writes an event and its run in one transaction. A duplicate dedupe key (or an item
     /// already seen) is a no-op returning `None`.

@@ -927,8 +927,14 @@ impl Store for PostgresStore {
         name: Option<&'a str>,
         definition: &'a Value,
         enabled: bool,
-    ) -> StoreFuture<'a, ()> {
+    ) -> StoreFuture<'a, Option<super::PreviousFlow>> {
         Box::pin(async move {
+            let mut tx = self.pool.begin().await?;
+            let before: Option<(String, i32)> =
+                sqlx::query_as("SELECT definition, enabled FROM flows WHERE id = $1 FOR UPDATE")
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
             sqlx::query(
                 "INSERT INTO flows (id, name, definition, enabled, updated_at) VALUES ($1, $2, $3, $4, $5) \
                  ON CONFLICT (id) DO UPDATE SET name = excluded.name, definition = excluded.definition, \
@@ -939,9 +945,16 @@ impl Store for PostgresStore {
             .bind(json_text(definition))
             .bind(i32::from(enabled))
             .bind(to_ms(now()))
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
-            Ok(())
+            tx.commit().await?;
+            Ok(match before {
+                Some((text, enabled)) => Some(super::PreviousFlow {
+                    definition: parse_json(Some(text))?.unwrap_or(Value::Null),
+                    enabled: enabled != 0,
+                }),
+                None => None,
+            })
         })
     }
 

@@ -271,6 +271,15 @@ pub trait SecurityStore: Send + Sync {
     /// Deletes a retiring key; `false` while any secret is still sealed with it.
     fn delete_vault_key<'a>(&'a self, id: &'a str) -> StoreFuture<'a, bool>;
 
+    /// Replaces the whole key ring's wrapping (master-key rotation) in one transaction: only
+    /// if the ring is exactly the ids of `keys`, all still wrapped with `old_master`; `false`
+    /// (nothing changed) when another process changed the ring meanwhile.
+    fn rewrap_vault_keys<'a>(
+        &'a self,
+        old_master: &'a str,
+        keys: &'a [VaultKeyRecord],
+    ) -> StoreFuture<'a, bool>;
+
     /// A sealed secret.
     fn get_secret<'a>(&'a self, r: &'a SecretRef) -> StoreFuture<'a, Option<SealedSecret>>;
 
@@ -641,6 +650,18 @@ async fn delete_connection_in(conn: &mut sqlx::SqliteConnection, id: &str) -> St
     Ok(())
 }
 
+/// Whether the stored ring (id, master id) is exactly `keys`, all wrapped with `old_master`.
+pub(crate) fn ring_matches(
+    ring: &[(String, String)],
+    old_master: &str,
+    keys: &[VaultKeyRecord],
+) -> bool {
+    ring.len() == keys.len()
+        && ring
+            .iter()
+            .all(|(id, master)| master == old_master && keys.iter().any(|k| &k.id == id))
+}
+
 impl SqliteStore {
     fn w(&self) -> &SqlitePool {
         self.writer_pool()
@@ -736,6 +757,33 @@ impl SecurityStore for SqliteStore {
                 .rows_affected();
             tx.commit().await?;
             Ok(n == 1)
+        })
+    }
+
+    fn rewrap_vault_keys<'a>(
+        &'a self,
+        old_master: &'a str,
+        keys: &'a [VaultKeyRecord],
+    ) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let mut tx = self.w().begin_with("BEGIN IMMEDIATE").await?;
+            let ring: Vec<(String, String)> =
+                sqlx::query_as("SELECT id, master_id FROM vault_keys")
+                    .fetch_all(&mut *tx)
+                    .await?;
+            if !ring_matches(&ring, old_master, keys) {
+                return Ok(false);
+            }
+            for k in keys {
+                sqlx::query("UPDATE vault_keys SET master_id = $1, wrapped = $2 WHERE id = $3")
+                    .bind(&k.master_id)
+                    .bind(&k.wrapped)
+                    .bind(&k.id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(true)
         })
     }
 

@@ -394,18 +394,82 @@ const CLAIMED_SELECT: &str = "SELECT r.id, r.flow_id, r.event_id, r.attempts, r.
      e.dedupe_key, e.payload, e.received_at FROM runs r JOIN events e ON e.id = r.event_id \
      WHERE r.lease_token = $1 ORDER BY r.next_attempt_at, r.id";
 
+/// Creates `dir` (and missing parents) with mode 0700; an existing directory is left as it
+/// is, with a warning when others can read it.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
+        } else if std::fs::metadata(dir)?.permissions().mode() & 0o077 != 0 {
+            tracing::warn!(
+                dir = %dir.display(),
+                "the data directory can be read by other users; `chmod 700` it"
+            );
+        }
+        Ok(())
+    }
+    #[cfg(not(unix))]
+    {
+        std::fs::create_dir_all(dir)
+    }
+}
+
+/// Creates the database file with mode 0600 if missing, and takes group and other access
+/// away from it and its `-wal`/`-shm` files if an earlier version left them readable.
+fn private_files(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        for suffix in ["", "-wal", "-shm"] {
+            let Some(name) = &name else { break };
+            let file = path.with_file_name(format!("{name}{suffix}"));
+            if let Ok(meta) = std::fs::metadata(&file) {
+                if meta.permissions().mode() & 0o077 != 0 {
+                    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))?;
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the database `hlbridge.db` in `data_dir` and migrates it.
+    /// A new data directory is made private to its owner (0700).
     pub async fn open(data_dir: &Path) -> StoreResult<Self> {
-        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
+        private_dir(data_dir).map_err(|source| StoreError::DataDir {
             path: data_dir.to_path_buf(),
             source,
         })?;
         Self::open_file(&super::database_path(data_dir)).await
     }
 
-    /// Opens (creating if needed) the database file `path` and migrates it.
+    /// Opens (creating if needed) the database file `path` and migrates it. The file (and so
+    /// its `-wal` and `-shm` files, which SQLite creates with the database's mode) is readable
+    /// by its owner only: it holds run history with customer data, and sealed secrets.
     pub async fn open_file(path: &Path) -> StoreResult<Self> {
+        private_files(path).map_err(|source| StoreError::DataDir {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
@@ -686,8 +750,14 @@ impl Store for SqliteStore {
         name: Option<&'a str>,
         definition: &'a Value,
         enabled: bool,
-    ) -> StoreFuture<'a, ()> {
+    ) -> StoreFuture<'a, Option<super::PreviousFlow>> {
         Box::pin(async move {
+            let mut tx = self.writer.begin().await?;
+            let before: Option<(String, i64)> =
+                sqlx::query_as("SELECT definition, enabled FROM flows WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
             sqlx::query(
                 "INSERT INTO flows (id, name, definition, enabled, updated_at) VALUES ($1, $2, $3, $4, $5) \
                  ON CONFLICT (id) DO UPDATE SET name = excluded.name, definition = excluded.definition, \
@@ -698,9 +768,16 @@ impl Store for SqliteStore {
             .bind(json_text(definition))
             .bind(i64::from(enabled))
             .bind(to_ms(now()))
-            .execute(&self.writer)
+            .execute(&mut *tx)
             .await?;
-            Ok(())
+            tx.commit().await?;
+            Ok(match before {
+                Some((text, enabled)) => Some(super::PreviousFlow {
+                    definition: parse_json(Some(text))?.unwrap_or(Value::Null),
+                    enabled: enabled != 0,
+                }),
+                None => None,
+            })
         })
     }
 
@@ -973,6 +1050,40 @@ mod tests {
             payload: json!({"k": key}),
             seen_key: None,
         }
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn the_data_directory_and_database_files_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let parent = temp_dir("perms");
+        let dir = parent.join("data");
+        let store = SqliteStore::open(&dir).await.expect("open");
+        store
+            .upsert_flow("f", None, &json!({"id": "f"}), true)
+            .await
+            .expect("write");
+        let mode = |p: &Path| {
+            std::fs::metadata(p)
+                .map(|m| m.permissions().mode() & 0o777)
+                .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        };
+        assert_eq!(mode(&dir), 0o700);
+        let db = crate::store::database_path(&dir);
+        for f in [
+            db.clone(),
+            dir.join("hlbridge.db-wal"),
+            dir.join("hlbridge.db-shm"),
+        ] {
+            assert_eq!(mode(&f), 0o600, "{}", f.display());
+        }
+        store.close().await;
+        // A file an earlier version left world-readable is tightened on open.
+        std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let store = SqliteStore::open(&dir).await.expect("reopen");
+        assert_eq!(mode(&db), 0o600);
+        store.close().await;
+        let _ = std::fs::remove_dir_all(parent);
     }
 
     #[tokio::test]

@@ -397,3 +397,53 @@ crate::on_both_backends!(
     for_each_with_custom_fields_and_typed_mappings,
     template_errors_are_dead_at_once,
 );
+
+/// Flow files edited outside hlbridge are audited when they are loaded: created, changed
+/// (not for a mere reload), and switched on or off as its own event.
+#[tokio::test]
+async fn flow_file_changes_are_audited_on_load() {
+    let fake = FakeHighLevel::new();
+    let api: std::sync::Arc<dyn hlbridge_engine::HighLevelApi> = fake.clone();
+    let engine = crate::fake::open_engine(config("audit-files"), api).await;
+    let dir = crate::fake::temp_dir("audit-flow-files");
+    let file = dir.join("tags.toml");
+    std::fs::write(&file, TAGS).expect("write");
+    engine.load_flows(&[&dir]).await.expect("load");
+    engine.load_flows(&[&dir]).await.expect("reload unchanged");
+    std::fs::write(&file, TAGS.replace("s3cret", "n3w-secret")).expect("edit");
+    engine.load_flows(&[&dir]).await.expect("reload changed");
+    std::fs::write(
+        &file,
+        format!("enabled = false\n{}", TAGS.replace("s3cret", "n3w-secret")),
+    )
+    .expect("disable");
+    engine.load_flows(&[&dir]).await.expect("reload disabled");
+    let security = engine.store().security().expect("security store");
+    let mut entries = security
+        .list_audit(&hlbridge_engine::store::security::AuditFilter::default())
+        .await
+        .expect("audit");
+    entries.sort_by(|a, b| a.id.cmp(&b.id));
+    let actions: Vec<(&str, Option<&str>)> = entries
+        .iter()
+        .filter(|e| e.action.starts_with("flow."))
+        .map(|e| (e.action.as_str(), e.target.as_deref()))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("flow.created", Some("tags")),
+            ("flow.changed", Some("tags")),
+            ("flow.disabled", Some("tags")),
+        ]
+    );
+    assert!(entries.iter().all(|e| e.actor == "flow files"));
+    let details = entries[0].details.to_string();
+    assert!(details.contains("tags.toml"), "{details}");
+    assert!(
+        !entries
+            .iter()
+            .any(|e| e.details.to_string().contains("n3w-secret")),
+        "no secret in the audit log"
+    );
+}

@@ -45,7 +45,7 @@ impl Store for FlakyStore {
         name: Option<&'a str>,
         definition: &'a Value,
         enabled: bool,
-    ) -> StoreFuture<'a, ()> {
+    ) -> StoreFuture<'a, Option<hlbridge_engine::store::PreviousFlow>> {
         self.inner.upsert_flow(id, name, definition, enabled)
     }
 

@@ -269,6 +269,33 @@ impl SecurityStore for PostgresStore {
         })
     }
 
+    fn rewrap_vault_keys<'a>(
+        &'a self,
+        old_master: &'a str,
+        keys: &'a [VaultKeyRecord],
+    ) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let mut tx = begin_serial(self.pool()).await?;
+            let ring: Vec<(String, String)> =
+                sqlx::query_as("SELECT id, master_id FROM vault_keys")
+                    .fetch_all(&mut *tx)
+                    .await?;
+            if !crate::store::security::ring_matches(&ring, old_master, keys) {
+                return Ok(false);
+            }
+            for k in keys {
+                sqlx::query("UPDATE vault_keys SET master_id = $1, wrapped = $2 WHERE id = $3")
+                    .bind(&k.master_id)
+                    .bind(&k.wrapped)
+                    .bind(&k.id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(true)
+        })
+    }
+
     fn delete_vault_key<'a>(&'a self, id: &'a str) -> StoreFuture<'a, bool> {
         Box::pin(async move {
             let mut tx = begin_serial(self.pool()).await?;
