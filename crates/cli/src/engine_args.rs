@@ -263,7 +263,10 @@ impl EngineArgs {
     /// The HighLevel API of the `default` connection, when a token is given. On
     /// PostgreSQL (with pacing on) every request also takes a slot of the location's rate
     /// budget kept in the database.
-    pub fn highlevel_api(&self, store: &Arc<dyn Store>) -> Result<Option<Arc<dyn HighLevelApi>>> {
+    pub fn highlevel_api(
+        &self,
+        store: &Arc<dyn Store>,
+    ) -> Result<Option<(Arc<dyn HighLevelApi>, Client)>> {
         let Some(token) = &self.token else {
             return Ok(None);
         };
@@ -280,7 +283,10 @@ impl EngineArgs {
                 location_id: self.location_id.clone(),
             },
         );
-        Ok(Some(Arc::new(ClientApi::new(client, conns))))
+        Ok(Some((
+            Arc::new(ClientApi::new(client.clone(), conns)),
+            client,
+        )))
     }
 
     /// The HighLevel client: paced per location by this process and, on PostgreSQL (with
@@ -318,7 +324,7 @@ impl EngineArgs {
         &self,
         store: &Arc<dyn Store>,
         config: &mut EngineConfig,
-    ) -> Result<Option<Arc<dyn HighLevelApi>>> {
+    ) -> Result<Option<(Arc<dyn HighLevelApi>, Client)>> {
         let Some(sec_store) = store.security() else {
             return Ok(None);
         };
@@ -340,7 +346,8 @@ impl EngineArgs {
         if !stored.iter().any(|c| c.kind.starts_with("highlevel")) {
             return Ok(None);
         }
-        Ok(Some(Arc::new(conns.api(self.client(store)?))))
+        let client = self.client(store)?;
+        Ok(Some((Arc::new(conns.api(client.clone())), client)))
     }
 }
 
@@ -356,6 +363,9 @@ pub struct Opened {
     pub flows: Vec<PathBuf>,
     /// The flow ids loaded.
     pub ids: Vec<String>,
+    /// Counts the engine's HighLevel calls and reads the client's budgets, for `/metrics`
+    /// and the dashboard.
+    pub telemetry: hlbridge_server::Telemetry,
 }
 
 /// Opens the store and the engine with `config` (adjusted by `adjust`), and loads the
@@ -368,10 +378,16 @@ pub async fn open_engine(
     let (database, store) = args.db.open(listen).await?;
     let mut config = args.engine_config(&database)?;
     adjust(&mut config)?;
+    let telemetry = hlbridge_server::Telemetry::new();
     let api = match args.highlevel_api(&store)? {
-        Some(api) => Some(api),
+        Some(found) => Some(found),
         None => args.stored_connections_api(&store, &mut config).await?,
-    };
+    }
+    .map(|(api, client)| {
+        // The budgets are read from the very client that paces the calls.
+        let budgets = ClientApi::new(client, HashMap::new());
+        telemetry.api(api, Some(budgets))
+    });
     let engine = Engine::with_store(
         config,
         store,
@@ -404,6 +420,7 @@ pub async fn open_engine(
         database,
         flows,
         ids,
+        telemetry,
     })
 }
 

@@ -70,6 +70,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         database,
         flows,
         ids,
+        telemetry,
     } = open_engine(&args.engine, !args.no_workers, |cfg| {
         cfg.highlevel_webhook_keys = keys;
         cfg.trust_highlevel_rsa_key = trust;
@@ -103,6 +104,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         run_triggers: !args.engine.no_triggers,
         // Flows built in the web UI are saved as files in the first flows directory.
         flows_dir: flows.iter().find(|p| p.is_dir()).cloned(),
+        telemetry: Some(telemetry),
         ..ServeConfig::default()
     };
     let server = serve(engine.clone(), serve_config, cancel.clone()).await?;

@@ -333,6 +333,23 @@ async fn a_sigkilled_engine_applies_every_accepted_event_exactly_once_after_rest
     let total: usize = tags.values().map(Vec::len).sum();
     assert_eq!(total, EVENTS, "no tag beyond the events'");
 
+    // `serve` counts its HighLevel calls for /metrics (and the dashboard): at least one
+    // successful call per event the restarted engine applied.
+    let metrics = http
+        .get(format!("{}/metrics", second.base_url))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    let ok_calls: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("hlbridge_highlevel_calls_total{status=\"2"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(ok_calls > 0, "no HighLevel calls counted:\n{metrics}");
+
     // A graceful stop (SIGTERM) ends the restarted engine with success.
     let pid = second.child.id().to_string();
     let term = Command::new("kill")
