@@ -5,6 +5,7 @@
 #
 #   apt-get install wrk; (optional) npm install --prefix /tmp/prism @stoplight/prism-cli
 #   bash bench/sandbox.sh [seconds]
+#   SANDBOX_ARGS=--fsync bash bench/sandbox.sh 10   # extra sandbox flags (e.g. flush every commit)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${1:-10}
@@ -15,7 +16,8 @@ WORK=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
 cargo build --release -q -p hlbridge
-./target/release/hlbridge sandbox --port $PORT --data "$WORK/sandbox.db" --no-rate-limit \
+# shellcheck disable=SC2086 # SANDBOX_ARGS is a list of flags
+./target/release/hlbridge sandbox --port $PORT --data "$WORK/sandbox.db" --no-rate-limit ${SANDBOX_ARGS:-} \
   --token bench-token --location-id benchLocation0000001 > "$WORK/info.json" &
 for _ in $(seq 50); do [ -s "$WORK/info.json" ] && break; sleep 0.1; done
 export TOKEN=bench-token LOCATION_ID=benchLocation0000001

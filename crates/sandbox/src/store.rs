@@ -314,7 +314,11 @@ pub async fn open(path: &Path, fsync: bool) -> Result<(Docs, Persister), StoreEr
             message: e.to_string(),
         })?;
         rows_of.next = rows_of.next.max(seq + 1);
-        rows_of.seq_of.insert((kind.clone(), id.clone()), seq);
+        rows_of
+            .seq_of
+            .entry(kind.clone())
+            .or_default()
+            .insert(id.clone(), seq);
         docs.insert_loaded(
             kind,
             id,
@@ -357,8 +361,9 @@ async fn migrate_docs_table(pool: &SqlitePool) -> Result<(), StoreError> {
 /// Where each document's row is: the writer's own map, changed only after a commit succeeds.
 #[derive(Default)]
 struct RowIndex {
-    /// (kind, id) → the `seq` of its row. A B-tree for the same reason as [`Table`].
-    seq_of: BTreeMap<(String, String), i64>,
+    /// kind → id → the `seq` of its row. B-trees for the same reason as [`Table`]; nested so
+    /// a lookup borrows its `&str`s instead of allocating a key.
+    seq_of: HashMap<String, BTreeMap<String, i64>>,
     /// Next sequence number to hand out.
     next: i64,
 }
@@ -410,14 +415,14 @@ async fn commit(
     let mut stale: Vec<i64> = Vec::new();
     let mut inserts: Vec<(i64, &str, &str, &Doc)> = Vec::new();
     for ((kind, id), w) in &last {
-        if let Some(seq) = rows.seq_of.get(&((*kind).to_string(), (*id).to_string())) {
+        if let Some(seq) = rows.seq_of.get(*kind).and_then(|m| m.get(*id)) {
             stale.push(*seq);
         }
         if let Write::Put { doc, .. } = w {
             inserts.push((rows.next + inserts.len() as i64, kind, id, doc));
         }
     }
-    let mut tx = pool.begin().await?;
+    let mut statements = Vec::new();
     for chunk in stale.chunks(900) {
         let mut sql = String::from("DELETE FROM objects WHERE seq IN (");
         for i in 0..chunk.len() {
@@ -432,7 +437,7 @@ async fn commit(
         for seq in chunk {
             q = q.bind(*seq);
         }
-        q.execute(&mut *tx).await?;
+        statements.push(q);
     }
     for chunk in inserts.chunks(400) {
         let mut sql = String::from(
@@ -456,17 +461,32 @@ async fn commit(
                 .bind(doc.body.to_string())
                 .bind(doc.created_ms);
         }
-        q.execute(&mut *tx).await?;
+        statements.push(q);
     }
-    tx.commit().await?;
+    // One statement is atomic on its own: skipping BEGIN and COMMIT saves two round trips to
+    // SQLite's thread on the common batch (new documents only).
+    if statements.len() == 1 {
+        for q in statements {
+            q.execute(pool).await?;
+        }
+    } else {
+        let mut tx = pool.begin().await?;
+        for q in statements {
+            q.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+    }
     // Committed: now the writer's map may follow.
     for (kind, id) in last.keys() {
-        rows.seq_of
-            .remove(&((*kind).to_string(), (*id).to_string()));
+        if let Some(m) = rows.seq_of.get_mut(*kind) {
+            m.remove(*id);
+        }
     }
     for (seq, kind, id, _) in &inserts {
         rows.seq_of
-            .insert(((*kind).to_string(), (*id).to_string()), *seq);
+            .entry((*kind).to_string())
+            .or_default()
+            .insert((*id).to_string(), *seq);
     }
     rows.next += inserts.len() as i64;
     Ok(())
