@@ -220,7 +220,13 @@ async fn rotate_master(a: RotateMasterArgs) -> anyhow::Result<()> {
              next start of every hlbridge process (running ones keep working until then)."
         );
         if generated {
-            // Shown once, because there is nowhere else it is kept.
+            // Shown once, because there is nowhere else it is kept; and audited as shown.
+            sec.audit(
+                AuditEvent::new(Actor::cli(), AuditAction::SecretViewed)
+                    .target("master key")
+                    .details(json!({ "master_key": report.master_key })),
+            )
+            .await?;
             println!("{MASTER_KEY_ENV}={}", new_text.expose());
         }
     } else {

@@ -99,11 +99,11 @@ impl Table {
 
     /// Inserts a new document at the end, or replaces one in place (keeping its position).
     fn put(&mut self, id: &str, doc: Doc) {
-        if let Some(seq) = self.seq_of.get(id) {
-            if let Some(row) = self.rows.get_mut(seq) {
-                row.1 = doc;
-                return;
-            }
+        if let Some(seq) = self.seq_of.get(id)
+            && let Some(row) = self.rows.get_mut(seq)
+        {
+            row.1 = doc;
+            return;
         }
         let seq = self.next;
         self.next += 1;

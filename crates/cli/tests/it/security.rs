@@ -140,5 +140,12 @@ fn rotate_master_given_in_the_environment() {
     );
     let rot = ok(hlbridge(&["vault", "rotate", "--data", &d], Some(&k2)));
     assert!(rot.contains("1 secret(s) re-encrypted"), "{rot}");
+    // Showing the generated key is itself audited.
+    let audit = ok(hlbridge(&["audit", "--json", "--data", &d], Some(&k2)));
+    assert!(audit.contains("secret.viewed"), "{audit}");
+    assert!(
+        !audit.contains(&k2),
+        "the key itself is not in the audit log"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -451,17 +451,17 @@ impl Vault {
         if let Some(path) = file {
             let next = path.with_file_name(NEXT_MASTER_KEY_FILE);
             for candidate in [&path, &next] {
-                if let Ok(mut k) = read_key_file(candidate) {
-                    if k.id() == expected {
-                        k.source = KeySource::File(path.clone());
-                        if candidate == &next {
-                            // The rotation that wrote it stopped before moving it into place.
-                            let _ = std::fs::rename(&next, &path);
-                        }
-                        let k = Arc::new(k);
-                        *self.master.write() = k.clone();
-                        return Ok(k);
+                if let Ok(mut k) = read_key_file(candidate)
+                    && k.id() == expected
+                {
+                    k.source = KeySource::File(path.clone());
+                    if candidate == &next {
+                        // The rotation that wrote it stopped before moving it into place.
+                        let _ = std::fs::rename(&next, &path);
                     }
+                    let k = Arc::new(k);
+                    *self.master.write() = k.clone();
+                    return Ok(k);
                 }
             }
         }

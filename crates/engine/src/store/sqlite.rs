@@ -439,10 +439,10 @@ fn private_files(path: &Path) -> std::io::Result<()> {
         for suffix in ["", "-wal", "-shm"] {
             let Some(name) = &name else { break };
             let file = path.with_file_name(format!("{name}{suffix}"));
-            if let Ok(meta) = std::fs::metadata(&file) {
-                if meta.permissions().mode() & 0o077 != 0 {
-                    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))?;
-                }
+            if let Ok(meta) = std::fs::metadata(&file)
+                && meta.permissions().mode() & 0o077 != 0
+            {
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))?;
             }
         }
     }
