@@ -1080,23 +1080,30 @@ mod tests {
         let _ = std::fs::remove_dir_all(d);
     }
 
+    /// A vault whose master key comes from (or is created in) the key file of `d`.
+    async fn file_vault(store: &SqliteStore, d: &Path) -> Vault {
+        let key = MasterKey::load_from(None, d).expect("key file");
+        Vault::open(Arc::new(store.clone()), key)
+            .await
+            .expect("vault")
+    }
+
+    async fn read(v: &Vault, r: &SecretRef) -> String {
+        v.get(r)
+            .await
+            .expect("get")
+            .expect("stored")
+            .expose()
+            .to_owned()
+    }
+
     #[tokio::test]
     async fn master_key_rotation_rewraps_the_ring_and_replaces_the_key_file() {
         let d = dir("master");
         let store = SqliteStore::open(&d).await.expect("store");
-        let v = Vault::open(
-            Arc::new(store.clone()),
-            MasterKey::load_from(None, &d).expect("created"),
-        )
-        .await
-        .expect("vault");
+        let v = file_vault(&store, &d).await;
         // A second process (a running `serve`) with the same key file.
-        let v2 = Vault::open(
-            Arc::new(store.clone()),
-            MasterKey::load_from(None, &d).expect("file"),
-        )
-        .await
-        .expect("vault 2");
+        let v2 = file_vault(&store, &d).await;
         let old_text = std::fs::read_to_string(d.join(MASTER_KEY_FILE)).expect("key file");
         let old_id = v.master_key_id();
         let r = SecretRef::new("connections", "c1", "refresh_token");
@@ -1127,30 +1134,16 @@ mod tests {
             Vault::open(Arc::new(store.clone()), old).await,
             Err(VaultError::MasterKeyMismatch { .. })
         ));
-        let v3 = Vault::open(
-            Arc::new(store.clone()),
-            MasterKey::load_from(None, &d).expect("new file"),
-        )
-        .await
-        .expect("vault 3");
-        assert_eq!(
-            v3.get(&r).await.expect("get").expect("some").expose(),
-            "rotate-me"
-        );
+        let v3 = file_vault(&store, &d).await;
+        assert_eq!(read(&v3, &r).await, "rotate-me");
         // The running process keeps working, and after a data-key rotation wrapped under the
         // new master key it adopts the new key file by itself.
-        assert_eq!(
-            v2.get(&r).await.expect("get").expect("some").expose(),
-            "rotate-me"
-        );
+        assert_eq!(read(&v2, &r).await, "rotate-me");
         v3.rotate().await.expect("data key under the new master");
         v2.reload().await.expect("v2 follows");
         assert_eq!(v2.master_key_id(), report.master_key);
         v2.put(&r, &Secret::new("still-works")).await.expect("put");
-        assert_eq!(
-            v3.get(&r).await.expect("get").expect("some").expose(),
-            "still-works"
-        );
+        assert_eq!(read(&v3, &r).await, "still-works");
         store.close().await;
         let _ = std::fs::remove_dir_all(d);
     }
@@ -1159,12 +1152,7 @@ mod tests {
     async fn a_rotation_interrupted_after_the_database_change_recovers_from_the_next_file() {
         let d = dir("master-crash");
         let store = SqliteStore::open(&d).await.expect("store");
-        let v = Vault::open(
-            Arc::new(store.clone()),
-            MasterKey::load_from(None, &d).expect("created"),
-        )
-        .await
-        .expect("vault");
+        let v = file_vault(&store, &d).await;
         let r = SecretRef::new("connections", "c1", "access_token");
         v.put(&r, &Secret::new("survives")).await.expect("put");
         // Simulate the crash: the next key written and the ring re-wrapped, the file not moved.
@@ -1174,12 +1162,7 @@ mod tests {
         v.rewrap(new).await.expect("rewrap");
         assert!(d.join(MASTER_KEY_FILE).exists() && d.join(NEXT_MASTER_KEY_FILE).exists());
         // A fresh start loads the old master.key, finds the ring under the next key, adopts it.
-        let v2 = Vault::open(
-            Arc::new(store.clone()),
-            MasterKey::load_from(None, &d).expect("old file"),
-        )
-        .await
-        .expect("recovered");
+        let v2 = file_vault(&store, &d).await;
         assert_eq!(v2.master_key_id(), new_id);
         assert!(!d.join(NEXT_MASTER_KEY_FILE).exists());
         assert_eq!(
@@ -1187,10 +1170,7 @@ mod tests {
             new_id,
             "the next file was moved into place"
         );
-        assert_eq!(
-            v2.get(&r).await.expect("get").expect("some").expose(),
-            "survives"
-        );
+        assert_eq!(read(&v2, &r).await, "survives");
         store.close().await;
         let _ = std::fs::remove_dir_all(d);
     }
@@ -1219,10 +1199,7 @@ mod tests {
         )
         .await
         .expect("new key opens");
-        assert_eq!(
-            v2.get(&r).await.expect("get").expect("some").expose(),
-            "env-secret"
-        );
+        assert_eq!(read(&v2, &r).await, "env-secret");
         assert!(
             Vault::open(
                 Arc::new(store.clone()),
