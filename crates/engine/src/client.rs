@@ -61,6 +61,23 @@ pub fn step_error(e: &Error) -> StepError {
     }
 }
 
+/// [`step_error`] for a call of `op`: a create or a send that failed after it was sent may
+/// have been carried out, so it is not retried by itself (that could do it twice) but ends
+/// the run in dead letters saying so; the operator checks HighLevel and replays if needed.
+pub fn call_error(op: &Operation, e: &Error) -> StepError {
+    let mut err = step_error(e);
+    if !op.repeatable() && e.may_have_been_carried_out() {
+        err.class = ErrorClass::Permanent;
+        err.message = format!(
+            "outcome unknown: {} failed after the request was sent ({}); HighLevel may have \
+             carried it out, so it is not retried automatically (that could do it twice). \
+             Check HighLevel, then replay the run if it did not happen",
+            op.id, err.message
+        );
+    }
+    err
+}
+
 impl ClientApi {
     /// An adapter over `client` with the given connections by name.
     pub fn new(client: Client, connections: HashMap<String, Connection>) -> Self {
@@ -119,7 +136,7 @@ impl HighLevelApi for ClientApi {
                 .call(&conn.auth, op, &params)
                 .await
                 .map(|r| r.body)
-                .map_err(|e| step_error(&e))
+                .map_err(|e| call_error(op, &e))
         })
     }
 

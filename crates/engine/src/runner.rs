@@ -10,7 +10,10 @@
 //! - A transient failure (network, 429, 5xx) is retried with exponential backoff and full
 //!   jitter (at least the server's `Retry-After`) until the flow's `max_attempts`; then,
 //!   or at once for an error that cannot succeed (400, 401, 403, 404, 422, template
-//!   errors), the run goes to dead letters with the response body.
+//!   errors), the run goes to dead letters with the response body. A HighLevel create or
+//!   send ([`Operation::repeatable`](hlbridge_highlevel::Operation::repeatable) is false)
+//!   that fails after it was sent (5xx, timeout) may have happened: it goes to dead letters
+//!   at once as "outcome unknown" instead of being repeated, so nothing is done twice.
 //! - Shutdown: workers stop claiming; a run in flight finishes its current step, then is
 //!   released (back to `queued`, its saved steps kept) unless it has finished.
 

@@ -112,6 +112,20 @@ impl Error {
         }
     }
 
+    /// Whether the call may have been carried out although it failed: an answer that came
+    /// after HighLevel started on it (5xx but 501/505, 408) or a transport failure once the
+    /// request was on its way (a timeout, a dropped connection). `false` when it surely was
+    /// not: a 429 (refused before anything was done), a 4xx, a failed connect, or an error
+    /// before sending. Matters for operations that are not
+    /// [`repeatable`](crate::Operation::repeatable).
+    pub fn may_have_been_carried_out(&self) -> bool {
+        match self {
+            Error::Api(e) => e.status != 429 && is_retryable_status(e.status),
+            Error::Transport { source, .. } => !source.is_connect() && !source.is_builder(),
+            _ => false,
+        }
+    }
+
     /// Whether trying the same call again later can succeed.
     ///
     /// `true` for 408, 429 and 5xx answers (but 501, 505), for transport errors and for token

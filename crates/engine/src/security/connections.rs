@@ -33,7 +33,7 @@ use super::secret::Secret;
 use super::tokens::{CONNECTIONS_TABLE, DbTokenSource, LocationTokenSource, RefreshSettings};
 use super::vault::{Vault, VaultError};
 use crate::api::{HighLevelApi, StepError};
-use crate::client::step_error;
+use crate::client::{call_error, step_error};
 use crate::engine::{AppConnection, EngineConfig};
 use crate::store::security::{ConnectionRecord, LocationRecord, SecretRef, SecurityStore};
 use crate::store::{StoreError, now};
@@ -1134,12 +1134,12 @@ impl ConnectionsApi {
         Ok((auth, params))
     }
 
-    fn failed(&self, connection: &str, e: &hlbridge_highlevel::Error) -> StepError {
+    fn failed(&self, connection: &str, op: &Operation, e: &hlbridge_highlevel::Error) -> StepError {
         if matches!(e, hlbridge_highlevel::Error::TokenRefresh { .. }) {
             // A removed, replaced or broken connection: resolve it afresh next time.
             self.connections.forget(connection);
         }
-        step_error(e)
+        call_error(op, e)
     }
 }
 
@@ -1156,7 +1156,7 @@ impl HighLevelApi for ConnectionsApi {
                 .call(&auth, op, &params)
                 .await
                 .map(|r| r.body)
-                .map_err(|e| self.failed(connection, &e))
+                .map_err(|e| self.failed(connection, op, &e))
         })
     }
 
@@ -1175,7 +1175,7 @@ impl HighLevelApi for ConnectionsApi {
         })
         .flat_map(move |r| match r {
             Ok(s) => s
-                .map(move |x| x.map_err(|e| self.failed(connection, &e)))
+                .map(move |x| x.map_err(|e| self.failed(connection, op, &e)))
                 .boxed(),
             Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
         })

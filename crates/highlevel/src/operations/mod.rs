@@ -325,7 +325,38 @@ pub struct Operation {
     pub proposal: bool,
 }
 
+/// POST operations whose repetition has the effect of doing them once: reads sent as POST,
+/// upserts by natural key, and set membership (adding a tag, follower or campaign that is
+/// already there changes nothing). Every other POST or PATCH creates or sends something anew.
+const REPEATABLE_POSTS: &[&str] = &[
+    "contacts.search",
+    "contacts.upsert",
+    "contacts.tags.add",
+    "contacts.tags.bulk_update",
+    "contacts.campaigns.add",
+    "contacts.followers.add",
+    "contacts.bulk_business",
+    "calendars.groups.validate_slug",
+    "opportunities.upsert",
+    "opportunities.followers.add",
+    "users.filter_by_email",
+    "conversations.live_chat.typing",
+    "locations.tasks.search",
+    "objects.records.search",
+    "invoices.void",
+];
+
 impl Operation {
+    /// Whether doing this operation twice has the same effect as doing it once: every GET,
+    /// PUT and DELETE, and the POSTs that read, upsert or add to a set. A create or a send
+    /// (a contact, a note, a message, an invoice sent, a payment recorded) is not: when such
+    /// a call fails after it was sent, it may have been carried out, and repeating it could
+    /// do it twice. (Adding a contact to a workflow is treated as not repeatable: it can
+    /// enrol the contact again.)
+    pub fn repeatable(&self) -> bool {
+        self.method.is_idempotent() || REPEATABLE_POSTS.contains(&self.id)
+    }
+
     /// The `Version` header value to send. Unversioned operations get their service's value.
     pub fn version_header(&self) -> &'static str {
         match self.version.header() {
@@ -382,6 +413,40 @@ pub fn suggest(id: &str, n: usize) -> Vec<&'static str> {
         .collect();
     scored.sort_by(|a, b| b.0.total_cmp(&a.0));
     scored.into_iter().take(n).map(|(_, id)| id).collect()
+}
+
+#[cfg(test)]
+mod repeatable_tests {
+    use super::*;
+
+    #[test]
+    fn creates_and_sends_are_not_repeatable() {
+        for id in REPEATABLE_POSTS {
+            let op = find(id).unwrap_or_else(|| panic!("{id} is not in the table"));
+            assert!(!op.method.is_idempotent(), "{id} need not be listed");
+        }
+        for id in [
+            "contacts.create",
+            "contacts.notes.create",
+            "contacts.tasks.create",
+            "conversations.messages.send",
+            "invoices.send",
+            "invoices.record_payment",
+            "contacts.workflows.add",
+            "opportunities.create",
+        ] {
+            assert!(!find(id).is_some_and(Operation::repeatable), "{id}");
+        }
+        for id in [
+            "contacts.upsert",
+            "contacts.tags.add",
+            "contacts.get",
+            "contacts.update",
+            "contacts.delete",
+        ] {
+            assert!(find(id).is_some_and(Operation::repeatable), "{id}");
+        }
+    }
 }
 
 #[cfg(test)]
