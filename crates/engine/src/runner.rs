@@ -13,12 +13,16 @@
 //!   errors), the run goes to dead letters with the response body. A HighLevel create or
 //!   send ([`Operation::repeatable`](hlbridge_highlevel::Operation::repeatable) is false)
 //!   that fails after it was sent (5xx, timeout) may have happened: it goes to dead letters
-//!   at once as "outcome unknown" instead of being repeated, so nothing is done twice.
+//!   at once as "outcome unknown" instead of being repeated, so nothing is done twice. The
+//!   same holds when a worker dies (crash, lost lease) while on such a step: the run taken
+//!   over is resumed at its first step without a saved result, and that step, if it is a
+//!   create or a send, is not repeated blindly but ends the run as "outcome unknown".
 //! - Shutdown: workers stop claiming; a run in flight finishes its current step, then is
 //!   released (back to `queued`, its saved steps kept) unless it has finished.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -46,6 +50,46 @@ pub fn backoff(policy: &RetryPolicy, attempt: u32, retry_after: Option<Duration>
         .max(1);
     let jittered = Duration::from_millis(rand::rng().random_range(0..=ceiling));
     jittered.max(retry_after.unwrap_or_default())
+}
+
+/// On a run taken over from a worker that stopped, the first step without a saved result is
+/// the one that worker was on. If it is a HighLevel create or send, it may have happened:
+/// the run ends as "outcome unknown" rather than doing it a second time.
+fn in_doubt(
+    run: &ClaimedRun,
+    resume: &Resume,
+    step: &CompiledStep,
+    key: &str,
+) -> Option<StepError> {
+    if !run.taken_over || matches!(step, CompiledStep::ForEach { .. }) {
+        // A for-each is not a call: the step in flight is inside it.
+        return None;
+    }
+    if resume.reached_unsaved.swap(true, Ordering::Relaxed) {
+        // An earlier step of this attempt was the first without a result.
+        return None;
+    }
+    match step {
+        CompiledStep::Highlevel { op, .. } if !op.repeatable() => {
+            Some(StepError::permanent(format!(
+                "outcome unknown: the worker running step `{key}` ({}) stopped before its \
+                 result was saved; HighLevel may have carried it out, so it is not repeated \
+                 automatically (that could do it twice). Check HighLevel, then replay the run \
+                 if it did not happen",
+                op.id
+            )))
+        }
+        _ => None,
+    }
+}
+
+/// What an attempt resumes from.
+struct Resume {
+    /// Steps that succeeded in earlier attempts (skipped, their outputs reused).
+    done: HashMap<String, StepRecord>,
+    /// Set when this attempt reaches its first step without a saved success: on a run taken
+    /// over from a stopped worker, only that step can have been in flight.
+    reached_unsaved: AtomicBool,
 }
 
 /// Why step execution stopped early.
@@ -233,12 +277,15 @@ impl Engine {
         shutdown: &CancellationToken,
         pending: &mut Vec<StepRecord>,
     ) -> Result<(), Stop> {
-        let done: HashMap<String, StepRecord> = run
-            .steps
-            .iter()
-            .filter(|r| r.succeeded())
-            .map(|r| (r.step_id.clone(), r.clone()))
-            .collect();
+        let done = Resume {
+            done: run
+                .steps
+                .iter()
+                .filter(|r| r.succeeded())
+                .map(|r| (r.step_id.clone(), r.clone()))
+                .collect(),
+            reached_unsaved: AtomicBool::new(false),
+        };
         let def = &flow.flow;
         let received = run
             .received_at
@@ -294,14 +341,14 @@ impl Engine {
         steps: &'a [CompiledStep],
         prefix: String,
         ctx: &'a mut Value,
-        done: &'a HashMap<String, StepRecord>,
+        done: &'a Resume,
         shutdown: &'a CancellationToken,
         pending: &'a mut Vec<StepRecord>,
     ) -> BoxFuture<'a, Result<(), Stop>> {
         Box::pin(async move {
             for step in steps {
                 let key = format!("{prefix}{}", step.id());
-                if let Some(rec) = done.get(&key) {
+                if let Some(rec) = done.done.get(&key) {
                     ctx["steps"][step.id()] = rec.output.clone().unwrap_or(Value::Null);
                     continue;
                 }
@@ -319,11 +366,15 @@ impl Engine {
                 pending.clear();
                 let started_at = now();
                 let mut input = None;
-                let result = self
-                    .run_step(
-                        flow, run, step, &key, ctx, done, shutdown, &mut input, pending,
-                    )
-                    .await;
+                let result = match in_doubt(run, done, step, &key) {
+                    Some(e) => Err(Stop::Fail(e)),
+                    None => {
+                        self.run_step(
+                            flow, run, step, &key, ctx, done, shutdown, &mut input, pending,
+                        )
+                        .await
+                    }
+                };
                 let (output, error, stop) = match result {
                     Ok((output, stop)) => (Some(output), None, stop),
                     Err(Stop::Fail(e)) => {
@@ -358,7 +409,7 @@ impl Engine {
         step: &CompiledStep,
         key: &str,
         ctx: &mut Value,
-        done: &HashMap<String, StepRecord>,
+        done: &Resume,
         shutdown: &CancellationToken,
         input: &mut Option<Value>,
         pending: &mut Vec<StepRecord>,

@@ -172,6 +172,10 @@ pub struct ClaimedRun {
     pub lease_token: String,
     /// The run this one replays, if any.
     pub replay_of: Option<RunId>,
+    /// This claim took the run over from a worker that stopped (crash, lost lease) while
+    /// running it: the step that worker was on, the first without a saved result, may have
+    /// been carried out.
+    pub taken_over: bool,
     /// Step results saved by earlier attempts, in execution order (a resumed run skips the
     /// steps that succeeded). Empty for a fresh run.
     pub steps: Vec<StepRecord>,

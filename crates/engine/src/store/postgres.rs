@@ -65,6 +65,11 @@ pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "cluster",
         include_str!("../../migrations/postgres/0004_cluster.sql"),
     ),
+    (
+        5,
+        "runs taken over",
+        include_str!("../../migrations/postgres/0005_runs_taken_over.sql"),
+    ),
 ];
 
 fn migrator() -> Migrator {
@@ -257,6 +262,7 @@ fn claimed(row: &PgRow) -> StoreResult<ClaimedRun> {
         attempts: count(row.try_get("attempts")?),
         lease_token: row.try_get("lease_token")?,
         replay_of: replay_of.as_deref().map(parse_id).transpose()?,
+        taken_over: row.try_get::<i32, _>("taken_over")? != 0,
         steps: Vec::new(),
     })
 }
@@ -298,16 +304,18 @@ const CLAIM: &str = "WITH lapsed AS ( \
     pick AS ( \
         SELECT id FROM lapsed UNION ALL SELECT id FROM retry UNION ALL SELECT id FROM fresh LIMIT $5) \
     UPDATE runs r SET state = 'running', worker_id = $1, lease_token = $2, lease_until = $3, \
-        attempts = r.attempts + 1, started_at = COALESCE(r.started_at, $4), updated_at = $4 \
+        attempts = r.attempts + 1, started_at = COALESCE(r.started_at, $4), updated_at = $4, \
+        taken_over = CASE WHEN r.state = 'running' THEN 1 ELSE 0 END \
     FROM pick, events e WHERE r.id = pick.id AND e.id = r.event_id \
-    RETURNING r.id, r.flow_id, r.event_id, r.attempts, r.lease_token, r.replay_of, \
+    RETURNING r.id, r.flow_id, r.event_id, r.attempts, r.lease_token, r.replay_of, r.taken_over, \
         e.dedupe_key, e.payload, e.received_at, r.next_attempt_at";
 
 const CLAIM_ONE: &str = "UPDATE runs r SET state = 'running', worker_id = $1, lease_token = $2, lease_until = $3, \
-        attempts = r.attempts + 1, started_at = COALESCE(r.started_at, $4), updated_at = $4 \
+        attempts = r.attempts + 1, started_at = COALESCE(r.started_at, $4), updated_at = $4, \
+        taken_over = CASE WHEN r.state = 'running' THEN 1 ELSE 0 END \
     FROM events e WHERE r.id = $5 AND e.id = r.event_id \
         AND (r.state IN ('queued', 'failed') OR (r.state = 'running' AND r.lease_until < $4)) \
-    RETURNING r.id, r.flow_id, r.event_id, r.attempts, r.lease_token, r.replay_of, \
+    RETURNING r.id, r.flow_id, r.event_id, r.attempts, r.lease_token, r.replay_of, r.taken_over, \
         e.dedupe_key, e.payload, e.received_at";
 
 const SAVE_STEP: &str = "INSERT INTO step_results (run_id, step_id, position, input, output, error, started_at, finished_at) \

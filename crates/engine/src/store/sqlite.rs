@@ -64,6 +64,11 @@ fn migrator() -> Migrator {
             "cluster",
             include_str!("../../migrations/sqlite/0004_cluster.sql"),
         ),
+        m(
+            5,
+            "runs taken over",
+            include_str!("../../migrations/sqlite/0005_runs_taken_over.sql"),
+        ),
     ])
 }
 
@@ -375,6 +380,7 @@ fn claimed(row: &SqliteRow) -> StoreResult<ClaimedRun> {
         attempts: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(0),
         lease_token: row.try_get("lease_token")?,
         replay_of: replay_of.as_deref().map(parse_id).transpose()?,
+        taken_over: row.try_get::<i64, _>("taken_over")? != 0,
         steps: Vec::new(),
     })
 }
@@ -390,7 +396,7 @@ fn step_record(row: &SqliteRow) -> StoreResult<StepRecord> {
     })
 }
 
-const CLAIMED_SELECT: &str = "SELECT r.id, r.flow_id, r.event_id, r.attempts, r.lease_token, r.replay_of, \
+const CLAIMED_SELECT: &str = "SELECT r.id, r.flow_id, r.event_id, r.attempts, r.lease_token, r.replay_of, r.taken_over, \
      e.dedupe_key, e.payload, e.received_at FROM runs r JOIN events e ON e.id = r.event_id \
      WHERE r.lease_token = $1 ORDER BY r.next_attempt_at, r.id";
 
@@ -592,7 +598,8 @@ impl SqliteStore {
         let token = uuid::Uuid::new_v4().to_string();
         let claimed_n = sqlx::query(
             "UPDATE runs SET state = 'running', worker_id = $1, lease_token = $2, lease_until = $3, \
-             attempts = attempts + 1, started_at = COALESCE(started_at, $4), updated_at = $4 \
+             attempts = attempts + 1, started_at = COALESCE(started_at, $4), updated_at = $4, \
+             taken_over = CASE WHEN state = 'running' THEN 1 ELSE 0 END \
              WHERE id IN (SELECT id FROM runs \
                  WHERE (state IN ('queued', 'failed') AND next_attempt_at <= $4) \
                     OR (state = 'running' AND lease_until < $4) \
@@ -633,7 +640,8 @@ impl SqliteStore {
         let token = uuid::Uuid::new_v4().to_string();
         let n = sqlx::query(
             "UPDATE runs SET state = 'running', worker_id = $1, lease_token = $2, lease_until = $3, \
-             attempts = attempts + 1, started_at = COALESCE(started_at, $4), updated_at = $4 \
+             attempts = attempts + 1, started_at = COALESCE(started_at, $4), updated_at = $4, \
+             taken_over = CASE WHEN state = 'running' THEN 1 ELSE 0 END \
              WHERE id = $5 AND (state IN ('queued', 'failed') OR (state = 'running' AND lease_until < $4))",
         )
         .bind(worker_id)

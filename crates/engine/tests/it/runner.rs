@@ -396,6 +396,7 @@ crate::on_both_backends!(
     shutdown_releases_runs_at_a_step_boundary,
     for_each_with_custom_fields_and_typed_mappings,
     template_errors_are_dead_at_once,
+    a_create_in_flight_when_its_worker_died_is_not_repeated,
 );
 
 /// Flow files edited outside hlbridge are audited when they are loaded: created, changed
@@ -446,4 +447,104 @@ async fn flow_file_changes_are_audited_on_load() {
             .any(|e| e.details.to_string().contains("n3w-secret")),
         "no secret in the audit log"
     );
+}
+
+const TAG_THEN_NOTE: &str = r#"
+id = "tag_then_note"
+location_id = "loc1"
+
+[trigger]
+type = "app_webhook"
+secret = "s3cret"
+
+[[steps]]
+id = "tag"
+type = "highlevel"
+operation = "contacts.tags.add"
+params = { contactId = "{{ event.contact }}", tags = ["noted"] }
+
+[[steps]]
+id = "note"
+type = "highlevel"
+operation = "contacts.notes.create"
+params = { contactId = "{{ event.contact }}", body = "from the app" }
+"#;
+
+/// A run taken over from a worker that died is resumed at its first step without a saved
+/// result: repeated when that step is repeatable, but not when it is a create (which the dead
+/// worker may have sent): then the run is dead as "outcome unknown", and a replay runs it.
+async fn a_create_in_flight_when_its_worker_died_is_not_repeated() {
+    let fake = FakeHighLevel::new();
+    let engine = engine_with("in-doubt", config("in-doubt"), &fake, &[TAG_THEN_NOTE]).await;
+    let ghost_claim = |engine: &Engine| {
+        let store = engine.store().clone();
+        async move {
+            let claimed = store
+                .claim_runs("ghost", 1, Duration::from_millis(200))
+                .await
+                .expect("claim");
+            assert_eq!(claimed.len(), 1);
+            claimed.into_iter().next().expect("one")
+        }
+    };
+
+    // Died on the first step (repeatable): taken over and repeated, then the note is created.
+    let first = engine
+        .enqueue("tag_then_note", "a", json!({"contact": "c1"}))
+        .await
+        .expect("enqueue")
+        .expect("new");
+    let _ghost = ghost_claim(&engine).await;
+    let d = run_until_final(&engine, first).await;
+    assert_eq!(
+        (d.run.state, d.run.attempts),
+        (RunState::Succeeded, 2),
+        "{d:#?}"
+    );
+    assert_eq!(fake.calls_to("contacts.notes.create").len(), 1);
+
+    // Died on the note: the tag's result is saved; the note may have been sent. Not repeated.
+    let second = engine
+        .enqueue("tag_then_note", "b", json!({"contact": "c2"}))
+        .await
+        .expect("enqueue")
+        .expect("new");
+    let ghost = ghost_claim(&engine).await;
+    let tag = hlbridge_engine::store::StepRecord {
+        step_id: "tag".into(),
+        input: None,
+        output: Some(json!({"succeded": true})),
+        error: None,
+        started_at: time::OffsetDateTime::now_utc(),
+        finished_at: Some(time::OffsetDateTime::now_utc()),
+    };
+    engine
+        .store()
+        .save_step_result(ghost.id, &tag)
+        .await
+        .expect("save");
+    let d = run_until_final(&engine, second).await;
+    assert_eq!(d.run.state, RunState::Dead, "{d:#?}");
+    let why = d.run.last_error.clone().unwrap_or_default();
+    assert!(
+        why.contains("outcome unknown") && why.contains("note"),
+        "{why}"
+    );
+    assert_eq!(
+        fake.calls_to("contacts.notes.create").len(),
+        1,
+        "the note of the second event was not sent again"
+    );
+    // (The ghost never called anything: one tag for the first run, none redone for the second.)
+    assert_eq!(
+        fake.calls_to("contacts.tags.add").len(),
+        1,
+        "the saved tag was not redone"
+    );
+
+    // The operator checked HighLevel and replays: the note is created once more, on purpose.
+    let replay = engine.store().replay(second).await.expect("replay");
+    let d = run_until_final(&engine, replay).await;
+    assert_eq!(d.run.state, RunState::Succeeded, "{d:#?}");
+    assert_eq!(fake.calls_to("contacts.notes.create").len(), 2);
 }
