@@ -1250,6 +1250,29 @@ mod tests {
         assert!(valid_schema("hlt_1_ab"));
         assert!(!valid_schema("Bad") && !valid_schema("a;b") && !valid_schema("1a"));
         assert!(!valid_schema(""));
-        assert_eq!(MIGRATIONS.len(), 4);
+    }
+
+    #[test]
+    fn every_migration_file_is_embedded_in_order_like_sqlites() {
+        let dir = |flavour: &str| {
+            let mut names: Vec<String> = std::fs::read_dir(
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("migrations")
+                    .join(flavour),
+            )
+            .expect("migrations dir")
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.ends_with(".sql"))
+            .collect();
+            names.sort();
+            names
+        };
+        let (pg, lite) = (dir("postgres"), dir("sqlite"));
+        assert_eq!(pg, lite, "the two flavours are twins");
+        assert_eq!(MIGRATIONS.len(), pg.len());
+        for (i, ((version, _, _), name)) in MIGRATIONS.iter().zip(&pg).enumerate() {
+            assert_eq!(*version, i as i64 + 1);
+            assert!(name.starts_with(&format!("{:04}_", version)), "{name}");
+        }
     }
 }
