@@ -248,7 +248,8 @@ pub struct ScheduleTrigger {
     /// Cron pattern, 5 fields (minute hour day-of-month month day-of-week) or 6 with
     /// seconds first; aliases such as `@hourly` are accepted.
     pub cron: String,
-    /// `UTC` (default) or a fixed offset such as `+02:00`.
+    /// The time zone the pattern is read in: `UTC` (default), an IANA name such as
+    /// `Europe/Paris` (daylight saving followed), or a fixed offset such as `+02:00`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timezone: Option<String>,
 }

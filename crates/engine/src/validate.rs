@@ -107,8 +107,18 @@ pub(crate) enum CompiledTrigger {
     },
     Schedule {
         cron: Box<croner::Cron>,
-        offset: chrono::FixedOffset,
+        zone: Zone,
     },
+}
+
+/// A schedule's time zone: a fixed offset, or an IANA zone whose daylight-saving changes
+/// the schedule follows (`0 9 * * *` in `Europe/Paris` fires at 09:00 Paris time all year).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Zone {
+    /// `UTC` or an offset such as `+02:00`.
+    Fixed(chrono::FixedOffset),
+    /// An IANA zone such as `America/Chicago`.
+    Named(chrono_tz::Tz),
 }
 
 /// A compiled poll (trigger or webhook backfill).
@@ -716,18 +726,23 @@ fn check_poll(
 }
 
 /// Parses a schedule's time zone: `UTC`/`Z` or a fixed offset `±HH:MM`.
-pub(crate) fn parse_offset(tz: Option<&str>) -> Result<chrono::FixedOffset, String> {
+pub(crate) fn parse_zone(tz: Option<&str>) -> Result<Zone, String> {
     let utc = chrono::FixedOffset::east_opt(0).ok_or("offset")?;
     let Some(tz) = tz.map(str::trim) else {
-        return Ok(utc);
+        return Ok(Zone::Fixed(utc));
     };
     if tz.eq_ignore_ascii_case("utc") || tz == "Z" || tz.is_empty() {
-        return Ok(utc);
+        return Ok(Zone::Fixed(utc));
     }
     let (sign, rest) = match tz.as_bytes().first() {
         Some(b'+') => (1, &tz[1..]),
         Some(b'-') => (-1, &tz[1..]),
-        _ => return Err(format!("time zone `{tz}` is not supported")),
+        _ => {
+            return tz
+                .parse::<chrono_tz::Tz>()
+                .map(Zone::Named)
+                .map_err(|_| format!("unknown time zone `{tz}`"));
+        }
     };
     let (h, m) = rest.split_once(':').unwrap_or((rest, "0"));
     let (Ok(h), Ok(m)) = (h.parse::<i32>(), m.parse::<i32>()) else {
@@ -737,6 +752,7 @@ pub(crate) fn parse_offset(tz: Option<&str>) -> Result<chrono::FixedOffset, Stri
         return Err(format!("`{tz}` is not a UTC offset"));
     }
     chrono::FixedOffset::east_opt(sign * (h * 3600 + m * 60))
+        .map(Zone::Fixed)
         .ok_or_else(|| format!("`{tz}` is not a UTC offset"))
 }
 
@@ -835,21 +851,25 @@ fn check_flow(cx: &mut Ctx<'_>, flow: Flow, vctx: &ValidationContext) -> Option<
                     None
                 }
             };
-            let offset = match parse_offset(s.timezone.as_deref()) {
-                Ok(o) => Some(o),
+            let zone = match parse_zone(s.timezone.as_deref()) {
+                Ok(z) => Some(z),
                 Err(e) => {
                     cx.at(
                         "trigger.timezone",
                         e,
-                        Some("use `UTC` or a fixed offset such as `+02:00`".into()),
+                        Some(
+                            "an IANA name such as `Europe/Paris` or `America/New_York`, `UTC`, \
+                             or a fixed offset such as `+02:00`"
+                                .into(),
+                        ),
                     );
                     None
                 }
             };
-            match (cron, offset) {
-                (Some(cron), Some(offset)) => Some(CompiledTrigger::Schedule {
+            match (cron, zone) {
+                (Some(cron), Some(zone)) => Some(CompiledTrigger::Schedule {
                     cron: Box::new(cron),
-                    offset,
+                    zone,
                 }),
                 _ => None,
             }
@@ -1203,12 +1223,22 @@ params = { contactId = "{{ steps.zzz.id }}" }
         );
         assert!(
             d.iter()
-                .any(|x| x.line == 5 && x.message.contains("not supported")),
+                .any(|x| x.line == 5 && x.message.contains("unknown time zone `Mars/Olympus`")),
             "{}",
             show(&d)
         );
-        let ok = "id = \"s\"\n[trigger]\ntype = \"schedule\"\ncron = \"*/5 * * * *\"\ntimezone = \"+02:00\"\n";
-        assert!(diags(ok).is_empty(), "{}", show(&diags(ok)));
+        for tz in [
+            "+02:00",
+            "UTC",
+            "Europe/Paris",
+            "America/New_York",
+            "Asia/Kolkata",
+        ] {
+            let ok = format!(
+                "id = \"s\"\n[trigger]\ntype = \"schedule\"\ncron = \"*/5 * * * *\"\ntimezone = \"{tz}\"\n"
+            );
+            assert!(diags(&ok).is_empty(), "{tz}: {}", show(&diags(&ok)));
+        }
     }
 
     #[test]

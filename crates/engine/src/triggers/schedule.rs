@@ -14,19 +14,25 @@ use tokio_util::sync::CancellationToken;
 
 use crate::engine::{Engine, EngineError};
 use crate::store::{NewEvent, RunId};
-use crate::validate::CompiledTrigger;
+use crate::validate::{CompiledTrigger, Zone};
 
 /// How late a tick may still be fired.
 pub const MISSED_TICK_GRACE: Duration = Duration::from_secs(120);
 
-/// The latest tick of `cron` at or before `now`, in the schedule's offset.
-fn last_tick(
+/// The latest tick of `cron` at or before `now`, in the schedule's time zone.
+fn last_tick(cron: &croner::Cron, zone: Zone, now: OffsetDateTime) -> Option<OffsetDateTime> {
+    match zone {
+        Zone::Fixed(offset) => last_tick_in(cron, &offset, now),
+        Zone::Named(tz) => last_tick_in(cron, &tz, now),
+    }
+}
+
+fn last_tick_in<Tz: chrono::TimeZone>(
     cron: &croner::Cron,
-    offset: chrono::FixedOffset,
+    tz: &Tz,
     now: OffsetDateTime,
 ) -> Option<OffsetDateTime> {
-    let secs = now.unix_timestamp();
-    let local = chrono::DateTime::from_timestamp(secs, 0)?.with_timezone(&offset);
+    let local = chrono::DateTime::from_timestamp(now.unix_timestamp(), 0)?.with_timezone(tz);
     let tick = cron.find_previous_occurrence(&local, true).ok()?;
     OffsetDateTime::from_unix_timestamp(tick.timestamp()).ok()
 }
@@ -37,13 +43,13 @@ impl Engine {
     pub async fn fire_due_schedules(&self, now: OffsetDateTime) -> Result<Vec<RunId>, EngineError> {
         let mut batch = Vec::new();
         for flow in self.flows() {
-            let CompiledTrigger::Schedule { cron, offset } = &flow.trigger else {
+            let CompiledTrigger::Schedule { cron, zone } = &flow.trigger else {
                 continue;
             };
             if !flow.flow.enabled {
                 continue;
             }
-            let Some(tick) = last_tick(cron, *offset, now) else {
+            let Some(tick) = last_tick(cron, *zone, now) else {
                 continue;
             };
             if now - tick > MISSED_TICK_GRACE {
@@ -145,16 +151,43 @@ mod tests {
         let now = OffsetDateTime::parse("2025-03-10T08:30:00Z", &Rfc3339).expect("time");
         let plus2 = chrono::FixedOffset::east_opt(2 * 3600).expect("offset");
         // 09:00 at +02:00 is 07:00Z, so the last tick is today 07:00Z.
-        let t = last_tick(&cron, plus2, now).expect("tick");
+        let t = last_tick(&cron, Zone::Fixed(plus2), now).expect("tick");
         assert_eq!(
             t,
             OffsetDateTime::parse("2025-03-10T07:00:00Z", &Rfc3339).expect("time")
         );
         let utc = chrono::FixedOffset::east_opt(0).expect("offset");
-        let t = last_tick(&cron, utc, now).expect("tick");
+        let t = last_tick(&cron, Zone::Fixed(utc), now).expect("tick");
         assert_eq!(
             t,
             OffsetDateTime::parse("2025-03-09T09:00:00Z", &Rfc3339).expect("time")
+        );
+    }
+
+    #[test]
+    fn named_zones_follow_daylight_saving() {
+        let at = |s: &str| OffsetDateTime::parse(s, &Rfc3339).expect("time");
+        let cron = croner::Cron::from_str("0 9 * * *").expect("cron");
+        let chicago = Zone::Named(chrono_tz::America::Chicago);
+        // 09:00 in Chicago is 15:00Z in winter (CST, -6) and 14:00Z in summer (CDT, -5);
+        // US daylight saving started on 2025-03-09.
+        assert_eq!(
+            last_tick(&cron, chicago, at("2025-03-08T16:00:00Z")),
+            Some(at("2025-03-08T15:00:00Z"))
+        );
+        assert_eq!(
+            last_tick(&cron, chicago, at("2025-03-10T16:00:00Z")),
+            Some(at("2025-03-10T14:00:00Z"))
+        );
+        // Paris (CET +1 / CEST +2, change on 2025-03-30).
+        let paris = Zone::Named(chrono_tz::Europe::Paris);
+        assert_eq!(
+            last_tick(&cron, paris, at("2025-03-29T12:00:00Z")),
+            Some(at("2025-03-29T08:00:00Z"))
+        );
+        assert_eq!(
+            last_tick(&cron, paris, at("2025-03-31T12:00:00Z")),
+            Some(at("2025-03-31T07:00:00Z"))
         );
     }
 }

@@ -701,7 +701,7 @@ fn render_trigger(ctx: &Ctx<'_>, t: &Value, flow_id: &str) -> Markup {
                 "schedule" => {
                     div.row {
                         (input_text("t.cron", "Cron", &s("cron"), Some("5 fields (minute hour day month weekday), e.g. 0 * * * * for every hour, or @hourly."), None))
-                        (input_text("t.timezone", "Time zone", &s("timezone"), Some("UTC (default) or an offset such as +02:00."), None))
+                        (input_text("t.timezone", "Time zone", &s("timezone"), Some("UTC (default), an IANA zone such as Europe/Paris (daylight saving followed), or an offset such as +02:00."), None))
                     }
                 }
                 _ => {}
