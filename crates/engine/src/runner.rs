@@ -545,6 +545,7 @@ impl Engine {
                         headers,
                         body.as_ref(),
                         connection.as_deref(),
+                        &format!("{}:{key}", run.dedupe_key),
                         input,
                     )
                     .await?;
@@ -606,6 +607,7 @@ impl Engine {
         headers: &Mapping,
         body: Option<&Mapping>,
         connection: Option<&str>,
+        idempotency_key: &str,
         input: &mut Option<Value>,
     ) -> Result<Value, StepError> {
         let raw_url = render_string(url, flow, mj)?;
@@ -648,6 +650,17 @@ impl Engine {
             for (k, v) in &c.headers {
                 req = req.header(k.as_str(), v.as_str());
             }
+        }
+        // Every attempt at this step for this event carries the same key (the event's dedupe
+        // key and the step), retries and replays alike, so an app that honours
+        // `Idempotency-Key` (as Stripe-style APIs do) applies it once. A flow can set its own.
+        let changes = matches!(method.as_str(), "POST" | "PATCH" | "PUT");
+        if changes
+            && !headers
+                .keys()
+                .any(|k| k.eq_ignore_ascii_case("idempotency-key"))
+        {
+            req = req.header("Idempotency-Key", idempotency_key);
         }
         if let Some(b) = &body {
             req = req.json(b);

@@ -455,6 +455,14 @@ async fn http_steps_reach_allowed_apps_only() {
         got[0].0.get("authorization").and_then(|v| v.to_str().ok()),
         Some("Bearer app-secret")
     );
+    // Stable per event and step, so the app can apply a retried request once.
+    assert_eq!(
+        got[0]
+            .0
+            .get("idempotency-key")
+            .and_then(|v| v.to_str().ok()),
+        Some(format!("{}:post", d.event.dedupe_key).as_str())
+    );
     let input = d.steps[0].input.clone().unwrap_or_default();
     assert!(
         !input.to_string().contains("app-secret"),
