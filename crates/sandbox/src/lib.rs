@@ -349,6 +349,12 @@ impl Sandbox {
 
         let app = http::router(shared.clone());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        // Answers go out at once (no Nagle delay waiting for the client's ACK).
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "TCP_NODELAY not set");
+            }
+        });
         let task = tokio::spawn(async move {
             let serve = axum::serve(listener, app).with_graceful_shutdown(async {
                 let _ = rx.await;
