@@ -71,6 +71,10 @@ pub struct ReplayArgs {
     /// Replay every dead run (dead letter) not replayed yet.
     #[arg(long)]
     dead: bool,
+    /// Keep the steps that succeeded and start at the one that failed (for a run whose
+    /// earlier steps created something); without it every step runs again.
+    #[arg(long, conflicts_with = "dead")]
+    resume: bool,
     /// With `--dead`: only this flow's dead runs.
     #[arg(long, requires = "dead", value_name = "FLOW")]
     flow: Option<String>,
@@ -210,7 +214,11 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         ids
     } else {
         let id = parse_id(args.run.as_deref().unwrap_or_default())?;
-        vec![store.replay(id).await?]
+        if args.resume {
+            vec![store.resume(id).await?]
+        } else {
+            vec![store.replay(id).await?]
+        }
     };
     for id in &new {
         if let Some(d) = store.run_detail(*id).await? {
@@ -219,7 +227,9 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
                 // The same event the admin API records, with the command line as the actor.
                 let event = AuditEvent::new(Actor::cli(), AuditAction::RunReplayed)
                     .target(of.clone())
-                    .details(serde_json::json!({ "new_run": id.to_string() }));
+                    .details(
+                        serde_json::json!({ "new_run": id.to_string(), "resume": args.resume }),
+                    );
                 audit::record(security.as_ref(), event).await?;
             }
             println!("queued run {id} (flow {}, replay of {of})", d.run.flow_id);

@@ -71,7 +71,8 @@ pub fn call_error(op: &Operation, e: &Error) -> StepError {
         err.message = format!(
             "outcome unknown: {} failed after the request was sent ({}); HighLevel may have \
              carried it out, so it is not retried automatically (that could do it twice). \
-             Check HighLevel, then replay the run if it did not happen",
+             Check HighLevel; if it did not happen, replay the run with \
+             `hlbridge replay <run> --resume`",
             op.id, err.message
         );
     }

@@ -74,8 +74,8 @@ fn in_doubt(
             Some(StepError::permanent(format!(
                 "outcome unknown: the worker running step `{key}` ({}) stopped before its \
                  result was saved; HighLevel may have carried it out, so it is not repeated \
-                 automatically (that could do it twice). Check HighLevel, then replay the run \
-                 if it did not happen",
+                 automatically (that could do it twice). Check HighLevel; if it did not \
+                 happen, replay the run with `hlbridge replay <run> --resume`",
                 op.id
             )))
         }

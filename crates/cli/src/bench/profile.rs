@@ -163,6 +163,10 @@ impl Store for Timed {
         self.time("replay", self.inner.replay(run_id))
     }
 
+    fn resume<'a>(&'a self, run_id: RunId) -> StoreFuture<'a, RunId> {
+        self.time("resume", self.inner.resume(run_id))
+    }
+
     fn replay_dead<'a>(&'a self, flow_id: Option<&'a str>) -> StoreFuture<'a, Vec<RunId>> {
         self.time("replay_dead", self.inner.replay_dead(flow_id))
     }

@@ -85,6 +85,8 @@ fn demo_once_succeeds_and_leaves_its_runs() {
         "{}",
         text(&replay)
     );
+    let resumed = hlbridge(&["replay", id, "--resume", "--data", d]);
+    assert!(resumed.status.success(), "{}", text(&resumed));
     let audit = hlbridge(&["audit", "--json", "--data", d]);
     assert!(audit.status.success(), "{}", text(&audit));
     let entries: serde_json::Value = serde_json::from_slice(&audit.stdout).expect("audit JSON");

@@ -442,6 +442,11 @@ pub trait Store: Send + Sync {
     /// records `replay_of`.
     fn replay<'a>(&'a self, run_id: RunId) -> StoreFuture<'a, RunId>;
 
+    /// Like [`Store::replay`], but the new run keeps the steps that succeeded and starts at
+    /// the one that failed (as n8n retries a failed execution): for a dead run whose earlier
+    /// steps created something, so that a replay does not create it again.
+    fn resume<'a>(&'a self, run_id: RunId) -> StoreFuture<'a, RunId>;
+
     /// Replays every dead run (of one flow, or all) not replayed yet.
     fn replay_dead<'a>(&'a self, flow_id: Option<&'a str>) -> StoreFuture<'a, Vec<RunId>>;
 

@@ -671,7 +671,12 @@ impl PostgresStore {
     }
 
     /// Replays a final run; with `only_once`, not if it was replayed already.
-    async fn replay_in(&self, run_id: RunId, only_once: bool) -> StoreResult<Option<RunId>> {
+    async fn replay_in(
+        &self,
+        run_id: RunId,
+        only_once: bool,
+        resume: bool,
+    ) -> StoreResult<Option<RunId>> {
         let mut tx = self.pool.begin().await?;
         let row = sqlx::query("SELECT flow_id, event_id, state FROM runs WHERE id = $1 FOR UPDATE")
             .bind(run_id.to_string())
@@ -707,6 +712,18 @@ impl PostgresStore {
         .bind(run_id.to_string())
         .execute(&mut *tx)
         .await?;
+        if resume {
+            // The steps that succeeded are the new run's too: it starts at the failed one.
+            sqlx::query(
+                "INSERT INTO step_results (run_id, step_id, position, input, output, error, started_at, finished_at) \
+                 SELECT $1, step_id, position, input, output, error, started_at, finished_at \
+                 FROM step_results WHERE run_id = $2 AND error IS NULL AND finished_at IS NOT NULL",
+            )
+            .bind(new_id.to_string())
+            .bind(run_id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        }
         if self.should_notify(at) {
             sqlx::query("SELECT pg_notify($1, '')")
                 .bind(CHANNEL)
@@ -1089,7 +1106,15 @@ impl Store for PostgresStore {
 
     fn replay<'a>(&'a self, run_id: RunId) -> StoreFuture<'a, RunId> {
         Box::pin(async move {
-            self.replay_in(run_id, false)
+            self.replay_in(run_id, false, false)
+                .await?
+                .ok_or_else(|| StoreError::Conflict(format!("run {run_id} was replayed")))
+        })
+    }
+
+    fn resume<'a>(&'a self, run_id: RunId) -> StoreFuture<'a, RunId> {
+        Box::pin(async move {
+            self.replay_in(run_id, false, true)
                 .await?
                 .ok_or_else(|| StoreError::Conflict(format!("run {run_id} was replayed")))
         })
@@ -1108,7 +1133,7 @@ impl Store for PostgresStore {
             for id in ids {
                 // Another process may replay the same dead run at the same time: the row
                 // lock and the re-check inside make it happen once.
-                if let Some(new) = self.replay_in(parse_id(&id)?, true).await? {
+                if let Some(new) = self.replay_in(parse_id(&id)?, true, false).await? {
                     out.push(new);
                 }
             }

@@ -670,7 +670,7 @@ impl SqliteStore {
         Ok(run.pop())
     }
 
-    async fn replay_in(&self, run_id: RunId) -> StoreResult<RunId> {
+    async fn replay_in(&self, run_id: RunId, resume: bool) -> StoreResult<RunId> {
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         let row = sqlx::query("SELECT flow_id, event_id, state FROM runs WHERE id = $1")
             .bind(run_id.to_string())
@@ -696,6 +696,18 @@ impl SqliteStore {
         .bind(run_id.to_string())
         .execute(&mut *tx)
         .await?;
+        if resume {
+            // The steps that succeeded are the new run's too: it starts at the failed one.
+            sqlx::query(
+                "INSERT INTO step_results (run_id, step_id, position, input, output, error, started_at, finished_at) \
+                 SELECT $1, step_id, position, input, output, error, started_at, finished_at \
+                 FROM step_results WHERE run_id = $2 AND error IS NULL AND finished_at IS NOT NULL",
+            )
+            .bind(new_id.to_string())
+            .bind(run_id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         Ok(new_id)
     }
@@ -934,7 +946,11 @@ impl Store for SqliteStore {
     }
 
     fn replay<'a>(&'a self, run_id: RunId) -> StoreFuture<'a, RunId> {
-        Box::pin(self.replay_in(run_id))
+        Box::pin(self.replay_in(run_id, false))
+    }
+
+    fn resume<'a>(&'a self, run_id: RunId) -> StoreFuture<'a, RunId> {
+        Box::pin(self.replay_in(run_id, true))
     }
 
     fn replay_dead<'a>(&'a self, flow_id: Option<&'a str>) -> StoreFuture<'a, Vec<RunId>> {
@@ -948,7 +964,7 @@ impl Store for SqliteStore {
             .await?;
             let mut out = Vec::with_capacity(ids.len());
             for id in ids {
-                out.push(self.replay_in(parse_id(&id)?).await?);
+                out.push(self.replay_in(parse_id(&id)?, false).await?);
             }
             Ok(out)
         })

@@ -542,9 +542,18 @@ async fn a_create_in_flight_when_its_worker_died_is_not_repeated() {
         "the saved tag was not redone"
     );
 
-    // The operator checked HighLevel and replays: the note is created once more, on purpose.
+    // The operator checked HighLevel and resumes it: the note is created once more, on
+    // purpose, and the tag that succeeded is not redone.
+    let resumed = engine.store().resume(second).await.expect("resume");
+    let d = run_until_final(&engine, resumed).await;
+    assert_eq!(d.run.state, RunState::Succeeded, "{d:#?}");
+    assert_eq!(d.run.replay_of, Some(second));
+    assert_eq!(fake.calls_to("contacts.notes.create").len(), 2);
+    assert_eq!(fake.calls_to("contacts.tags.add").len(), 1);
+    // A plain replay runs every step again.
     let replay = engine.store().replay(second).await.expect("replay");
     let d = run_until_final(&engine, replay).await;
     assert_eq!(d.run.state, RunState::Succeeded, "{d:#?}");
-    assert_eq!(fake.calls_to("contacts.notes.create").len(), 2);
+    assert_eq!(fake.calls_to("contacts.tags.add").len(), 2);
+    assert_eq!(fake.calls_to("contacts.notes.create").len(), 3);
 }

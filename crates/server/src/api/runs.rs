@@ -166,6 +166,15 @@ pub struct ReplayAll {
     pub flow: Option<String>,
 }
 
+/// How to replay.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+pub struct ReplayQuery {
+    /// Keep the steps that succeeded and start at the one that failed (for a run whose
+    /// earlier steps created something); default: every step runs again.
+    #[serde(default)]
+    pub resume: bool,
+}
+
 /// Dead-letter filter.
 #[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
 pub struct DeadQuery {
@@ -273,15 +282,21 @@ pub(crate) async fn replay_run(
     who: &Principal,
     source: &str,
     id: &str,
+    resume: bool,
 ) -> Result<RunId, ApiError> {
-    let new = state.engine().store().replay(run_id(id)?).await?;
+    let store = state.engine().store();
+    let new = if resume {
+        store.resume(run_id(id)?).await?
+    } else {
+        store.replay(run_id(id)?).await?
+    };
     audit(
         state,
         who,
         AuditAction::RunReplayed,
         id,
         source,
-        json!({ "new_run": new.to_string() }),
+        json!({ "new_run": new.to_string(), "resume": resume }),
     )
     .await;
     Ok(new)
@@ -289,15 +304,16 @@ pub(crate) async fn replay_run(
 
 /// Enqueues a finished run's event again as a new run (`replay_of` points back).
 #[utoipa::path(post, path = "/runs/{id}/replay", tag = "runs",
-    params(("id" = String, Path, description = "Run id")),
+    params(("id" = String, Path, description = "Run id"), ReplayQuery),
     responses((status = 200, body = Replayed), (status = 404, body = ApiError), (status = 409, description = "The run is not finished", body = ApiError)))]
 async fn replay(
     State(state): State<ServerState>,
     who: Require<perm::Replay>,
     Source(source): Source,
     Path(id): Path<String>,
+    Query(q): Query<ReplayQuery>,
 ) -> ApiResult<Replayed> {
-    let new = replay_run(&state, who.principal(), &source, &id).await?;
+    let new = replay_run(&state, who.principal(), &source, &id, q.resume).await?;
     Ok(Json(Replayed {
         run_ids: vec![new.to_string()],
     }))
@@ -326,13 +342,14 @@ async fn dead_letters(
 
 /// Replays one dead letter.
 #[utoipa::path(post, path = "/dead-letters/{id}/replay", tag = "runs",
-    params(("id" = String, Path, description = "Run id of the dead letter")),
+    params(("id" = String, Path, description = "Run id of the dead letter"), ReplayQuery),
     responses((status = 200, body = Replayed), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
 async fn replay_dead_one(
     State(state): State<ServerState>,
     who: Require<perm::Replay>,
     Source(source): Source,
     Path(id): Path<String>,
+    Query(q): Query<ReplayQuery>,
 ) -> ApiResult<Replayed> {
     let d = run_detail(&state, &id).await?;
     if d.run.state != RunState::Dead {
@@ -342,7 +359,7 @@ async fn replay_dead_one(
             format!("run {id} is {}, not a dead letter", d.run.state),
         ));
     }
-    let new = replay_run(&state, who.principal(), &source, &id).await?;
+    let new = replay_run(&state, who.principal(), &source, &id, q.resume).await?;
     Ok(Json(Replayed {
         run_ids: vec![new.to_string()],
     }))

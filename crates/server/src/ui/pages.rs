@@ -734,7 +734,7 @@ pub(crate) async fn replay(
     Source(source): Source,
     Path(id): Path<String>,
 ) -> Response {
-    match crate::api::runs::replay_run(&state, who.principal(), &source, &id).await {
+    match crate::api::runs::replay_run(&state, who.principal(), &source, &id, false).await {
         Ok(new) => see_other(&format!("/runs/{new}?ok=replayed")),
         Err(e) => run_page(&state, who.principal(), &id, Some(error_flash(&e))).await,
     }
@@ -836,7 +836,7 @@ pub(crate) async fn replay_dead(
 ) -> Response {
     let p = who.principal();
     match f.run_id.filter(|r| !r.is_empty()) {
-        Some(id) => match crate::api::runs::replay_run(&state, p, &source, &id).await {
+        Some(id) => match crate::api::runs::replay_run(&state, p, &source, &id, false).await {
             Ok(new) => see_other(&format!("/runs/{new}?ok=replayed")),
             Err(e) => dead_page(&state, p, None, Some(error_flash(&e))).await,
         },

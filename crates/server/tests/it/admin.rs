@@ -171,6 +171,44 @@ async fn flows_runs_dead_letters_replay_and_audit() {
         .await;
     assert_eq!(status, 200, "a finished run can be replayed");
     final_runs(&a, "tag-segmentation", 4).await;
+    // Resumed instead: the steps that succeeded are kept (the same records), none runs again.
+    let (status, resumed) = a
+        .owner(
+            Method::POST,
+            &format!("/api/v1/runs/{id}/replay?resume=true"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{resumed}");
+    let runs = final_runs(&a, "tag-segmentation", 5).await;
+    let new_id = resumed["run_ids"][0].as_str().expect("new run");
+    assert!(
+        runs.iter()
+            .any(|r| r["id"] == json!(new_id) && r["state"] == "succeeded"),
+        "{runs:?}"
+    );
+    let steps_of = |v: &Value| -> Vec<(Value, Value)> {
+        v["steps"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|s| (s["step_id"].clone(), s["started_at"].clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (_, original) = a
+        .owner(Method::GET, &format!("/api/v1/runs/{id}"), None)
+        .await;
+    let (_, copy) = a
+        .owner(Method::GET, &format!("/api/v1/runs/{new_id}"), None)
+        .await;
+    assert!(!steps_of(&original).is_empty(), "{original}");
+    assert_eq!(
+        steps_of(&copy),
+        steps_of(&original),
+        "a resumed run of a finished run ran nothing again"
+    );
 
     // Filters.
     let (_, ok) = a
@@ -293,7 +331,7 @@ async fn flows_runs_dead_letters_replay_and_audit() {
             .await
             .expect("text");
     for want in [
-        "hlbridge_runs{state=\"succeeded\"} 3",
+        "hlbridge_runs{state=\"succeeded\"} 4",
         "hlbridge_runs{state=\"dead\"} 1",
         "hlbridge_queue_depth 0",
         "hlbridge_webhook_signature_failures_total{source=\"app\"} 1",

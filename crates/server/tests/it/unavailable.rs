@@ -118,6 +118,10 @@ impl Store for FlakyStore {
         self.inner.replay(run_id)
     }
 
+    fn resume<'a>(&'a self, run_id: RunId) -> StoreFuture<'a, RunId> {
+        self.inner.resume(run_id)
+    }
+
     fn replay_dead<'a>(&'a self, flow_id: Option<&'a str>) -> StoreFuture<'a, Vec<RunId>> {
         self.inner.replay_dead(flow_id)
     }
