@@ -36,6 +36,9 @@ impl Done {
             "saved" => "Flow saved.",
             "created" => "Created.",
             "replayed" => "Replay queued: a new run was enqueued with the same event.",
+            "resumed" => {
+                "Run resumed: a new run keeps the steps that succeeded and starts at the failed one."
+            }
             "replayed_all" => "Every dead letter was queued again.",
             "refreshed" => "Connection checked.",
             "changed" => "Saved.",
@@ -683,6 +686,11 @@ async fn run_page(
                 form method="post" action=(format!("/runs/{}/replay", r.id)) {
                     (csrf(p))
                     button type="submit" { "Replay this run" }
+                    @if r.state == "dead" {
+                        " "
+                        button type="submit" name="resume" value="1"
+                            title="Keep the steps that succeeded and start at the failed one" { "Resume from the failed step" }
+                    }
                 }
             }
         }
@@ -733,9 +741,11 @@ pub(crate) async fn replay(
     who: Require<perm::Replay>,
     Source(source): Source,
     Path(id): Path<String>,
+    Form(f): Form<ReplayForm>,
 ) -> Response {
-    match crate::api::runs::replay_run(&state, who.principal(), &source, &id, false).await {
-        Ok(new) => see_other(&format!("/runs/{new}?ok=replayed")),
+    let resume = f.resumes();
+    match crate::api::runs::replay_run(&state, who.principal(), &source, &id, resume).await {
+        Ok(new) => see_other(&format!("/runs/{new}?ok={}", replayed_flash(resume))),
         Err(e) => run_page(&state, who.principal(), &id, Some(error_flash(&e))).await,
     }
 }
@@ -808,6 +818,10 @@ async fn dead_page(
                                         (csrf(p))
                                         input type="hidden" name="run_id" value=(r.id);
                                         button.small type="submit" aria-label=(format!("Replay dead letter {}", r.id)) { "Replay" }
+                                        " "
+                                        button.small type="submit" name="resume" value="1"
+                                            title="Keep the steps that succeeded and start at the failed one"
+                                            aria-label=(format!("Resume dead letter {} from its failed step", r.id)) { "Resume" }
                                     }
                                 }
                             }
@@ -826,6 +840,19 @@ pub(crate) struct ReplayForm {
     run_id: Option<String>,
     #[serde(default)]
     flow: Option<String>,
+    /// Set by the "Resume" buttons: keep the steps that succeeded.
+    #[serde(default)]
+    resume: Option<String>,
+}
+
+impl ReplayForm {
+    fn resumes(&self) -> bool {
+        self.resume.as_deref().is_some_and(|v| !v.is_empty())
+    }
+}
+
+fn replayed_flash(resume: bool) -> &'static str {
+    if resume { "resumed" } else { "replayed" }
 }
 
 pub(crate) async fn replay_dead(
@@ -835,9 +862,10 @@ pub(crate) async fn replay_dead(
     Form(f): Form<ReplayForm>,
 ) -> Response {
     let p = who.principal();
+    let resume = f.resumes();
     match f.run_id.filter(|r| !r.is_empty()) {
-        Some(id) => match crate::api::runs::replay_run(&state, p, &source, &id, false).await {
-            Ok(new) => see_other(&format!("/runs/{new}?ok=replayed")),
+        Some(id) => match crate::api::runs::replay_run(&state, p, &source, &id, resume).await {
+            Ok(new) => see_other(&format!("/runs/{new}?ok={}", replayed_flash(resume))),
             Err(e) => dead_page(&state, p, None, Some(error_flash(&e))).await,
         },
         None => {

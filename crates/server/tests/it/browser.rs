@@ -411,6 +411,38 @@ async fn build_run_fail_replay_and_view_in_a_browser() {
     assert!(a.h.tags(&contact).contains(&"webinar".to_owned()));
     shot(&c, "09-replayed-run").await;
 
+    // Another dead letter, resumed from its failed step instead.
+    a.h.fault(
+        json!({"route": "contacts.tags.add", "errorRate": 1.0, "status": 400, "remaining": 1}),
+    )
+    .await;
+    assert_eq!(
+        send_tag_event(
+            &a.h,
+            "tag-segmentation",
+            "evt-b3",
+            "ada@example.com",
+            "summit"
+        )
+        .await,
+        202
+    );
+    c.goto(&format!("{base}/dead-letters"))
+        .await
+        .expect("dead letters");
+    wait_text(&c, "Replay all", true).await;
+    find(
+        &c,
+        "form[action='/dead-letters/replay'] button[name=resume]",
+    )
+    .await
+    .click()
+    .await
+    .expect("resume");
+    wait_text(&c, "Run resumed", false).await;
+    wait_css(&c, ".actions .badge.s-succeeded").await;
+    assert!(a.h.tags(&contact).contains(&"summit".to_owned()));
+
     // Every template survives the builder's form: opened, re-checked (the form posted back
     // and rebuilt), its TOML is the template's flow.
     for t in [
