@@ -329,6 +329,28 @@ pub struct Cursor {
     pub watermark: Option<String>,
 }
 
+/// SQL both backends share (their placeholders agree: `$1`, `$2`, …).
+pub(crate) mod shared_sql {
+    /// Copies a run's succeeded steps to a resumed run: `$1` new run, `$2` original run.
+    pub const COPY_SUCCEEDED_STEPS: &str = "INSERT INTO step_results \
+        (run_id, step_id, position, input, output, error, started_at, finished_at) \
+        SELECT $1, step_id, position, input, output, error, started_at, finished_at \
+        FROM step_results WHERE run_id = $2 AND error IS NULL AND finished_at IS NOT NULL";
+
+    /// Inserts or updates a flow: `$1` id, `$2` name, `$3` definition, `$4` enabled,
+    /// `$5` updated at.
+    pub const UPSERT_FLOW: &str = "INSERT INTO flows (id, name, definition, enabled, updated_at) \
+        VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO UPDATE SET name = excluded.name, \
+        definition = excluded.definition, enabled = excluded.enabled, updated_at = excluded.updated_at";
+
+    /// The key ring as (id, master id), for a master-key rotation's check.
+    pub const VAULT_RING: &str = "SELECT id, master_id FROM vault_keys";
+
+    /// Re-wraps one data key: `$1` master id, `$2` wrapped key, `$3` key id.
+    pub const REWRAP_VAULT_KEY: &str =
+        "UPDATE vault_keys SET master_id = $1, wrapped = $2 WHERE id = $3";
+}
+
 /// A flow as the store knew it before an update.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PreviousFlow {

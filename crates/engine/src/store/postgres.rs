@@ -714,15 +714,11 @@ impl PostgresStore {
         .await?;
         if resume {
             // The steps that succeeded are the new run's too: it starts at the failed one.
-            sqlx::query(
-                "INSERT INTO step_results (run_id, step_id, position, input, output, error, started_at, finished_at) \
-                 SELECT $1, step_id, position, input, output, error, started_at, finished_at \
-                 FROM step_results WHERE run_id = $2 AND error IS NULL AND finished_at IS NOT NULL",
-            )
-            .bind(new_id.to_string())
-            .bind(run_id.to_string())
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query(super::shared_sql::COPY_SUCCEEDED_STEPS)
+                .bind(new_id.to_string())
+                .bind(run_id.to_string())
+                .execute(&mut *tx)
+                .await?;
         }
         if self.should_notify(at) {
             sqlx::query("SELECT pg_notify($1, '')")
@@ -960,18 +956,14 @@ impl Store for PostgresStore {
                     .bind(id)
                     .fetch_optional(&mut *tx)
                     .await?;
-            sqlx::query(
-                "INSERT INTO flows (id, name, definition, enabled, updated_at) VALUES ($1, $2, $3, $4, $5) \
-                 ON CONFLICT (id) DO UPDATE SET name = excluded.name, definition = excluded.definition, \
-                 enabled = excluded.enabled, updated_at = excluded.updated_at",
-            )
-            .bind(id)
-            .bind(name)
-            .bind(json_text(definition))
-            .bind(i32::from(enabled))
-            .bind(to_ms(now()))
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query(super::shared_sql::UPSERT_FLOW)
+                .bind(id)
+                .bind(name)
+                .bind(json_text(definition))
+                .bind(i32::from(enabled))
+                .bind(to_ms(now()))
+                .execute(&mut *tx)
+                .await?;
             tx.commit().await?;
             Ok(match before {
                 Some((text, enabled)) => Some(super::PreviousFlow {

@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 
 use crate::admin::send_tag_event;
 use crate::adminkit::{Admin, OWNER, OWNER_PASSWORD};
-use crate::harness::{Options, wait_for};
+use crate::harness::{Harness, Options, wait_for};
 
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -189,6 +189,21 @@ async fn fits_the_width(c: &Client) {
         v["scroll"].as_u64() <= v["width"].as_u64(),
         "the page is wider than the window: {v}"
     );
+}
+
+/// HighLevel refuses the next tag once, so the event `evt` (adding `tag`) becomes a dead
+/// letter; then the dead-letters page is open and shows it.
+async fn dead_letter_on_screen(h: &Harness, c: &Client, base: &str, evt: &str, tag: &str) {
+    h.fault(json!({"route": "contacts.tags.add", "errorRate": 1.0, "status": 400, "remaining": 1}))
+        .await;
+    assert_eq!(
+        send_tag_event(h, "tag-segmentation", evt, "ada@example.com", tag).await,
+        202
+    );
+    c.goto(&format!("{base}/dead-letters"))
+        .await
+        .expect("dead letters");
+    wait_text(c, "Replay all", true).await;
 }
 
 async fn sign_in(c: &Client, base: &str, user: &str, password: &str) {
@@ -378,25 +393,7 @@ async fn build_run_fail_replay_and_view_in_a_browser() {
     assert!(a.h.tags(&contact).contains(&"vip".to_owned()));
 
     // A failure: HighLevel refuses the tag once; the run is a dead letter; replay it.
-    a.h.fault(
-        json!({"route": "contacts.tags.add", "errorRate": 1.0, "status": 400, "remaining": 1}),
-    )
-    .await;
-    assert_eq!(
-        send_tag_event(
-            &a.h,
-            "tag-segmentation",
-            "evt-b2",
-            "ada@example.com",
-            "webinar"
-        )
-        .await,
-        202
-    );
-    c.goto(&format!("{base}/dead-letters"))
-        .await
-        .expect("dead letters");
-    wait_text(&c, "Replay all", true).await;
+    dead_letter_on_screen(&a.h, &c, &base, "evt-b2", "webinar").await;
     shot(&c, "08-dead-letters").await;
     find(
         &c,
@@ -412,25 +409,7 @@ async fn build_run_fail_replay_and_view_in_a_browser() {
     shot(&c, "09-replayed-run").await;
 
     // Another dead letter, resumed from its failed step instead.
-    a.h.fault(
-        json!({"route": "contacts.tags.add", "errorRate": 1.0, "status": 400, "remaining": 1}),
-    )
-    .await;
-    assert_eq!(
-        send_tag_event(
-            &a.h,
-            "tag-segmentation",
-            "evt-b3",
-            "ada@example.com",
-            "summit"
-        )
-        .await,
-        202
-    );
-    c.goto(&format!("{base}/dead-letters"))
-        .await
-        .expect("dead letters");
-    wait_text(&c, "Replay all", true).await;
+    dead_letter_on_screen(&a.h, &c, &base, "evt-b3", "summit").await;
     find(
         &c,
         "form[action='/dead-letters/replay'] button[name=resume]",

@@ -276,15 +276,14 @@ impl SecurityStore for PostgresStore {
     ) -> StoreFuture<'a, bool> {
         Box::pin(async move {
             let mut tx = begin_serial(self.pool()).await?;
-            let ring: Vec<(String, String)> =
-                sqlx::query_as("SELECT id, master_id FROM vault_keys")
-                    .fetch_all(&mut *tx)
-                    .await?;
+            let ring: Vec<(String, String)> = sqlx::query_as(crate::store::shared_sql::VAULT_RING)
+                .fetch_all(&mut *tx)
+                .await?;
             if !crate::store::security::ring_matches(&ring, old_master, keys) {
                 return Ok(false);
             }
             for k in keys {
-                sqlx::query("UPDATE vault_keys SET master_id = $1, wrapped = $2 WHERE id = $3")
+                sqlx::query(crate::store::shared_sql::REWRAP_VAULT_KEY)
                     .bind(&k.master_id)
                     .bind(&k.wrapped)
                     .bind(&k.id)
